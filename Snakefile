@@ -1,0 +1,25 @@
+# maxact: maximum activations of open LLM checkpoints, as a cached, resumable DAG.
+# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> int8_check -> aggregate -> render.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/corpus.smk"
+include: "rules/prepare.smk"
+include: "rules/tokenize.smk"
+include: "rules/measure.smk"
+include: "rules/int8.smk"
+include: "rules/aggregate.smk"
+include: "rules/render.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

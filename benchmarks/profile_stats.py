@@ -1,0 +1,53 @@
+"""Time each part of one PointStats.update on a GPU-sized activation (where the overhead goes)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from maxact import stats as S
+
+
+def bench(fn, n=5):
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--channels", type=int, nargs="+", default=[4096, 12288])
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    for c in a.channels:
+        x = torch.randn(a.tokens, c, device=dev, dtype=torch.bfloat16)
+        valid = torch.ones(a.tokens, dtype=torch.bool, device=dev)
+        info = S.TokenInfo(valid, torch.zeros(a.tokens, dtype=torch.long, device=dev), torch.arange(a.tokens, device=dev),
+                           torch.zeros(a.tokens, dtype=torch.long, device=dev))
+        ps = S.PointStats("p", 10, dev)
+        ps_basic = S.PointStats("p", 10, dev, full=False)
+        rows = S._CHUNK_ELEMENTS // c
+        xc = x[:rows]
+        la = torch.rand(xc.numel(), device=dev)
+        r = {
+            "read bf16 (x.sum)": bench(lambda: x.sum()),
+            "update full": bench(lambda: ps.update(x, info)),
+            "update basic": bench(lambda: ps_basic.update(x, info)),
+            "fused partials (compiled, 1 chunk)": bench(lambda: S._fused_partials_compiled(xc, valid[:rows], True)),
+            "fused partials (eager, 1 chunk)": bench(lambda: S._fused_partials(xc, valid[:rows], True)),
+            "kthvalue bf16 (1 chunk)": bench(lambda: xc.abs().kthvalue((c + 1) // 2, dim=-1)),
+            "histc (1 chunk)": bench(lambda: [torch.histc(p, 512, -8, 8) for p in la.split(S._HISTC_CHUNK)]),
+            "topk tokens": bench(lambda: x.float().abs().amax(-1).topk(100)),
+        }
+        print(f"tokens={a.tokens} channels={c} chunk_rows={rows}: " + "; ".join(f"{k} {v:.2f} ms" for k, v in r.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Throughput and memory of the full measurement against a bare backbone forward, in one process.
+
+Builds a random-init model of a given shape directly on the GPU from its config (default: the
+Qwen3-8B shape, bf16, SDPA), makes variable-length batches like the paper's corpus (136 to 5,422
+tokens, mean about 3,400) and runs (a) the bare backbone forward and (b) the measurement with every
+hook point and statistic on. Prints tokens/s of each, the ratio (b)/(a) and the peak GPU memory.
+
+    python benchmarks/throughput.py --preset qwen3-8b --samples 96 --max-batch-tokens 65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+PRESETS = {
+    # Shapes from the public config.json files (no download needed: random init).
+    "qwen3-8b": ("qwen3", dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                               num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
+                               rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)),
+    "qwen3-1.7b": ("qwen3", dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                                 num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960)),
+    "qwen3-30b-a3b": ("qwen3_moe", dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
+                                        num_experts_per_tok=8, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+                                        head_dim=128, vocab_size=151936, max_position_embeddings=40960)),
+    "gemma3-270m": ("gemma3_text", dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+                                        num_key_value_heads=1, head_dim=256, vocab_size=262144)),
+    "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           vocab_size=1000)),
+}
+
+
+def corpus_like_lengths(n: int, lo: int = 136, hi: int = 5422, mean: float = 3400, seed: int = 0) -> list[int]:
+    """Lengths on [lo, hi] from a Beta distribution with the paper corpus's mean."""
+    m = (mean - lo) / (hi - lo)
+    a = 2.0
+    b = a * (1 - m) / m
+    rng = np.random.default_rng(seed)
+    return [int(lo + (hi - lo) * v) for v in rng.beta(a, b, size=n)]
+
+
+def build(preset: str, dtype, device, layers: int | None):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    mt, kw = PRESETS[preset]
+    kw = dict(kw)
+    if layers:
+        kw["num_hidden_layers"] = layers
+    cfg = AutoConfig.for_model(mt, **kw)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="qwen3-8b", choices=sorted(PRESETS))
+    ap.add_argument("--layers", type=int, help="override the number of layers (quick runs)")
+    ap.add_argument("--samples", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-batch-tokens", type=int, default=65536)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--max-len", type=int, default=5422)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--out", help="write the figures as JSON here")
+    a = ap.parse_args(argv)
+
+    from maxact.engine import Measurement, assemble_result, collate, make_batches, resolve_dtype, run_batches
+
+    dev = torch.device(a.device)
+    dtype = resolve_dtype(a.dtype, dev)
+    model = build(a.preset, dtype, dev, a.layers)
+    lengths = [min(L, a.max_len) for L in corpus_like_lengths(a.samples, hi=min(5422, a.max_len), mean=min(3400, 0.63 * a.max_len))]
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    samples = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
+    batches = make_batches(lengths, a.batch_size, a.max_batch_tokens)
+    bb = model.model
+    n_tok = sum(lengths)
+    collated = [collate(samples, b, 0) for b in batches]
+
+    @torch.no_grad()
+    def bare():
+        for c in collated:
+            bb(input_ids=c.input_ids.to(dev), attention_mask=c.attention_mask.to(dev), use_cache=False)
+
+    def timed(fn):
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        sync(dev)
+        t = time.perf_counter()
+        out = fn()
+        sync(dev)
+        dt = time.perf_counter() - t
+        peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
+        return dt, peak, out
+
+    # Warm-up: kernels, autotuning and torch.compile of the statistics (reported, not timed).
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        c = collated[-1]
+        bb(input_ids=c.input_ids.to(dev), attention_mask=c.attention_mask.to(dev), use_cache=False)
+    warm = Measurement(model, len(samples), dev)
+    run_batches(warm, samples, [batches[0], batches[-1]], 0)
+    sync(dev)
+    warm.remove()
+    warmup_s = time.perf_counter() - t0
+
+    res = {"preset": a.preset, "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
+           "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+           "samples": len(samples), "tokens": n_tok, "batches": len(batches), "mean_len": float(np.mean(lengths)),
+           "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s, "runs": []}
+    for r in range(a.repeats):
+        t_bare, m_bare, _ = timed(bare)
+
+        def measured():
+            meas = Measurement(model, len(samples), dev)
+            run_batches(meas, samples, batches, 0)
+            out = assemble_result(meas, [str(i) for i in range(len(samples))], None)  # one host transfer at the end
+            meas.remove()
+            return out
+
+        t_meas, m_meas, result = timed(measured)
+        run = {"bare_tok_s": n_tok / t_bare, "measured_tok_s": n_tok / t_meas, "ratio": t_bare / t_meas,
+               "bare_peak_gib": m_bare / 2**30, "measured_peak_gib": m_meas / 2**30,
+               "memory_ratio": (m_meas / m_bare) if m_bare else None, "points": len(result["per_layer_stats"]),
+               "global_max": result["global_max_activation"], "location": result["global_max_location"]}
+        res["runs"].append(run)
+        print(f"[run {r}] bare {run['bare_tok_s']:,.0f} tok/s | measured {run['measured_tok_s']:,.0f} tok/s | "
+              f"ratio (measured/bare) {run['ratio']:.3f} | peak GiB bare {run['bare_peak_gib']:.2f} measured "
+              f"{run['measured_peak_gib']:.2f} (x{run['memory_ratio'] or 0:.3f}) | {run['points']} points", flush=True)
+    print(json.dumps(res, indent=1))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+rule render:
+    """Figures (PNG+PDF), tables (CSV/Markdown/LaTeX) and the HTML report with provenance."""
+    input:
+        global_table=rules.aggregate.output.global_table,
+        layer_table=rules.aggregate.output.layer_table,
+        claims=rules.aggregate.output.claims,
+        comparison=rules.aggregate.output.comparison,
+        int8_table=rules.aggregate.output.int8_table,
+        stats=measured_results,
+        int8=int8_results,
+        corpus_manifest=rules.corpus.output.manifest,
+        template=f"{workflow.basedir}/reports/templates/report.html.j2",
+    output:
+        report=f"{REPORTS}/report.html",
+        figures=directory(f"{REPORTS}/figures"),
+        tables=directory(f"{REPORTS}/tables"),
+    params:
+        study=config["study_name"],
+        config=config,
+    conda:
+        "../environment.yml"
+    log:
+        f"{LOGS}/render.log",
+    script:
+        "../workflow_scripts/render.py"

@@ -1,0 +1,172 @@
+"""Every registered family: tiny random model from its Config class, padded batches, and each
+statistic checked against a float64 reference computed from tensors captured with plain hooks on
+unpadded single-sample forwards (no engine involved)."""
+
+import pytest
+import torch
+
+from maxact.architectures import UnsupportedArchitectureError, family_for, layer_points, resolve_backbone, supported_model_types
+from maxact.engine import Measurement, assemble_result, check_dtype, make_batches, per_sample_table, run_batches
+from maxact.testing import TINY_CONFIGS, tiny_model
+
+LENGTHS = [9, 4, 6, 2, 7]
+
+
+def _samples(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 96, (L,), generator=g).tolist() for L in LENGTHS]
+
+
+def _first(o):
+    return o[0] if isinstance(o, (tuple, list)) else o
+
+
+def reference_capture(model, samples):
+    """point name -> list (one per sample) of float64 tensors [rows, channels], captured without the engine."""
+    fam = family_for(model.config)
+    bb = resolve_backbone(model, fam)
+    lps = layer_points(bb, fam)
+    store: dict[str, list] = {}
+    handles = []
+
+    def keep(name, t):
+        store.setdefault(name, []).append(t.detach().double().reshape(-1, t.shape[-1]))
+
+    def out_hook(name, pick=_first):
+        return lambda m, i, o: keep(name, pick(o))
+
+    handles.append(lps[0].layer.register_forward_pre_hook(
+        lambda m, a, k: keep("embedding_output", a[0] if a else k["hidden_states"]), with_kwargs=True))
+    for lp in lps:
+        i = lp.index
+        handles.append(lp.layer.register_forward_hook(out_hook(f"layer_{i}_hidden")))
+        handles.append(lp.attn.register_forward_hook(out_hook(f"layer_{i}_attn_output")))
+        handles.append(lp.mlp.register_forward_hook(out_hook(f"layer_{i}_mlp_output")))
+        if lp.gate_proj is not None:
+            handles.append(lp.gate_proj.register_forward_hook(out_hook(f"layer_{i}_mlp_gate")))
+        for suffix, mod in lp.residual_in.items():
+            handles.append(mod.register_forward_hook(out_hook(f"layer_{i}_{suffix}")))
+        if lp.router is not None:
+            spec = fam.moe
+
+            def gate(o, spec=spec):
+                g = o[spec.moe_gate_index] if isinstance(o, tuple) else o
+                return torch.softmax(g.float(), -1) if spec.moe_gate_transform == "softmax" else g
+
+            handles.append(lp.router.register_forward_hook(out_hook(f"layer_{i}_moe_gate", gate)))
+            if spec.router_logits_from_block is not None:
+                handles.append(lp.mlp.register_forward_hook(out_hook(f"layer_{i}_router_logits", lambda o, s=spec: o[s.router_logits_from_block])))
+            if lp.expert_act is not None:
+                handles.append(lp.expert_act.register_forward_pre_hook(lambda m, a, name=f"layer_{i}_mlp_gate": keep(name, a[0])))
+    handles.append(getattr(bb, fam.final_norm).register_forward_hook(out_hook("final_layernorm")))
+    with torch.no_grad():
+        for s in samples:
+            per_sample_start = {k: len(v) for k, v in store.items()}
+            ids = torch.tensor([s])
+            bb(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            # Expert-internal calls are one per expert: merge this sample's pieces into one tensor.
+            for k, v in store.items():
+                start = per_sample_start.get(k, 0)
+                if len(v) - start > 1:
+                    store[k] = v[:start] + [torch.cat(v[start:])]
+    for h in handles:
+        h.remove()
+    return store
+
+
+def _engine(model, samples, batch_size):
+    meas = Measurement(model, len(samples), "cpu")
+    run_batches(meas, samples, make_batches([len(s) for s in samples], batch_size), pad_id=0)
+    ids = [f"s{i}" for i in range(len(samples))]
+    out = assemble_result(meas, ids, None), per_sample_table(meas, ids)
+    meas.remove()
+    return out
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+def test_every_point_matches_float64_reference(model_type):
+    model = tiny_model(model_type)
+    samples = _samples()
+    result, per_sample = _engine(model, samples, batch_size=3)  # padded batches
+    ref = reference_capture(model, samples)
+    stats = result["per_layer_stats"]
+    assert set(stats) == set(ref), f"points differ: {set(stats) ^ set(ref)}"
+    fam = family_for(model.config)
+    n_layers = len(resolve_backbone(model, fam).layers)
+    assert {f"layer_{i}_hidden" for i in range(n_layers)} <= set(stats)
+    for name, pieces in ref.items():
+        x = torch.cat(pieces)
+        st = stats[name]
+        tol = dict(rel=2e-4, abs=2e-5)
+        assert st["count"] == x.numel(), name
+        assert st["mean"] == pytest.approx(x.mean().item(), **tol), name
+        assert st["std"] == pytest.approx(x.std(unbiased=False).item(), **tol), name
+        assert st["rms"] == pytest.approx(x.square().mean().sqrt().item(), **tol), name
+        assert st["abs_mean"] == pytest.approx(x.abs().mean().item(), **tol), name
+        assert st["max"] == pytest.approx(x.max().item(), **tol), name
+        assert st["min"] == pytest.approx(x.min().item(), **tol), name
+        if not name.endswith(("mlp_gate",)) or fam.moe is None:
+            # Per-sample extremes (expert-internal rows have no sample attribution).
+            col = per_sample[f"{name}:max"].to_numpy()
+            for i, p in enumerate(pieces):
+                if len(pieces) == len(samples):
+                    assert col[i] == pytest.approx(p.max().item(), **tol), (name, i)
+    # The global max is over embedding/hidden/attn/mlp/final-norm only, at the right place.
+    glob = {k: v for k, v in ref.items() if k == "embedding_output" or k == "final_layernorm" or k.endswith(("_hidden", "_attn_output", "_mlp_output"))}
+    best = max(((abs(v), k) for k, p in glob.items() for v in (torch.cat(p).max().item(), torch.cat(p).min().item())))
+    assert abs(result["global_max_activation"]) == pytest.approx(best[0], rel=2e-4)
+    assert result["global_max_location"].split(" ")[0] == best[1]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "qwen3_moe", "gpt_oss", "qwen3_5"])
+def test_global_max_location_independent_of_batch_size(model_type):
+    model = tiny_model(model_type)
+    samples = _samples(seed=3)
+    r1, _ = _engine(model, samples, batch_size=1)
+    r16, _ = _engine(model, samples, batch_size=16)
+    assert r1["global_max_location"] == r16["global_max_location"]
+    assert r1["global_max_activation"] == pytest.approx(r16["global_max_activation"], rel=1e-5)
+    p1, p16 = r1["peak"], r16["peak"]
+    assert (p1["sample_id"], p1["position"], p1["channel"]) == (p16["sample_id"], p16["position"], p16["channel"])
+
+
+def test_cpu_runs_are_deterministic():
+    model = tiny_model("qwen2_moe")
+    samples = _samples(seed=5)
+    a, _ = _engine(model, samples, 2)
+    b, _ = _engine(model, samples, 2)
+    assert a == b
+
+
+def test_moe_routing_counts_and_unused_experts():
+    model = tiny_model("qwen3_moe")
+    samples = _samples()
+    result, _ = _engine(model, samples, 3)
+    k = model.config.num_experts_per_tok
+    for layer, info in result["expert_routing"].items():
+        assert sum(info["tokens_per_expert"]) == k * sum(LENGTHS)  # padding never routed
+        assert info["unused_experts"] == [e for e, n in enumerate(info["tokens_per_expert"]) if n == 0]
+
+
+def test_unknown_architecture_is_a_clear_error():
+    from transformers import BertConfig
+
+    with pytest.raises(UnsupportedArchitectureError) as e:
+        family_for(BertConfig())
+    assert "bert" in str(e.value) and "llama" in str(e.value) and "qwen3_moe" in str(e.value)
+
+
+def test_registry_covers_the_paper_families():
+    for mt in ["llama", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "qwen3_5", "qwen3_5_moe", "qwen2_5_vl",
+               "gemma", "gemma2", "gemma3", "gemma3_text", "gpt_oss", "bailing_moe"]:
+        assert mt in supported_model_types()
+
+
+def test_float16_refused_for_gemma_unless_forced():
+    from transformers import Gemma2Config
+
+    fam = family_for(Gemma2Config())
+    with pytest.raises(ValueError, match="65,504"):
+        check_dtype(fam, torch.float16)
+    check_dtype(fam, torch.float16, force=True)
+    check_dtype(fam, torch.bfloat16)

@@ -1,0 +1,146 @@
+"""Statistics accumulators against independent float64 references on small padded tensors."""
+
+import math
+
+import pytest
+import torch
+
+from maxact.stats import HIST_BINS, PointStats, TokenInfo, hist_quantiles
+
+
+def _info(mask: torch.Tensor, sample_index: torch.Tensor, ids: torch.Tensor) -> TokenInfo:
+    b, t = mask.shape
+    return TokenInfo(
+        valid=mask.reshape(-1).bool(),
+        sample=sample_index[:, None].expand(b, t).reshape(-1),
+        position=torch.arange(t).expand(b, t).reshape(-1),
+        token_id=ids.reshape(-1),
+    )
+
+
+def _padded_batches(seed=0, n_samples=5, channels=7):
+    g = torch.Generator().manual_seed(seed)
+    lengths = [4, 1, 6, 3, 5][:n_samples]
+    samples = [torch.randn(L, channels, generator=g) * (1 + 3 * i) for i, L in enumerate(lengths)]
+    # A planted massive activation with a known location.
+    samples[2][3, 5] = -250.0
+    return samples
+
+
+def _run(samples, groups):
+    ps = PointStats("p", len(samples), "cpu", full=True, topk=10)
+    for grp in groups:
+        t = max(samples[i].shape[0] for i in grp)
+        c = samples[0].shape[1]
+        x = torch.full((len(grp), t, c), 1e6)  # padding holds garbage that must never count
+        mask = torch.zeros(len(grp), t, dtype=torch.bool)
+        for r, i in enumerate(grp):
+            L = samples[i].shape[0]
+            x[r, :L] = samples[i]
+            mask[r, :L] = True
+        ids = torch.arange(len(grp) * t).reshape(len(grp), t) + 1000 * torch.tensor(grp)[:, None]
+        ps.update(x, _info(mask, torch.tensor(grp), ids))
+    return ps
+
+
+@pytest.mark.parametrize("groups", [[[0, 1, 2, 3, 4]], [[2, 0], [4, 1, 3]], [[0], [1], [2], [3], [4]]])
+def test_basic_statistics_match_float64_reference(groups):
+    samples = _padded_batches()
+    ps = _run(samples, groups)
+    out = ps.finalize()
+    ref = torch.cat(samples).double()
+    n = ref.numel()
+    assert out["count"] == n
+    assert out["mean"] == pytest.approx(ref.mean().item(), rel=1e-6, abs=1e-9)
+    assert out["std"] == pytest.approx(ref.std(unbiased=False).item(), rel=1e-6)
+    assert out["rms"] == pytest.approx(ref.square().mean().sqrt().item(), rel=1e-6)
+    assert out["abs_mean"] == pytest.approx(ref.abs().mean().item(), rel=1e-6)
+    assert out["max"] == pytest.approx(ref.max().item())
+    assert out["min"] == pytest.approx(-250.0)
+    assert out["nan_count"] == 0 and out["inf_count"] == 0
+    # Peak provenance: sample 2, position 3, channel 5.
+    top = out["top_abs"][0]
+    assert (top["sample"], top["position"], top["channel"], top["value"]) == (2, 3, 5, -250.0)
+    # Top-k values are the k largest |a| with their signs.
+    ref_top = ref.reshape(-1)[ref.reshape(-1).abs().argsort(descending=True)[:10]]
+    assert [t["value"] for t in out["top_abs"]] == pytest.approx(ref_top.tolist())
+
+
+def test_per_sample_extremes_and_padding_independence():
+    samples = _padded_batches()
+    a = _run(samples, [[0, 1, 2, 3, 4]])
+    b = _run(samples, [[4], [3, 1], [0, 2]])
+    for ps in (a, b):
+        mx, mn = ps.per_sample()
+        for i, s in enumerate(samples):
+            assert mx[i].item() == pytest.approx(s.max().item())
+            assert mn[i].item() == pytest.approx(s.min().item())
+    fa, fb = a.finalize(), b.finalize()
+    for k in ("count", "max", "min", "sun_max_ratio", "sun_n_pass", "abs_median", "abs_q99"):
+        assert fa[k] == pytest.approx(fb[k], rel=1e-6), k
+
+
+def test_sun_criterion_reference():
+    samples = _padded_batches()
+    out = _run(samples, [[0, 1, 2, 3, 4]]).finalize()
+    toks = torch.cat(samples).double().abs()
+    tmax = toks.max(dim=1).values
+    # Lower median over channels (torch.median's convention), computed by sorting.
+    med = toks.sort(dim=1).values[:, (toks.shape[1] - 1) // 2]
+    ratio = tmax / med
+    assert out["sun_max_ratio"] == pytest.approx(ratio.max().item(), rel=1e-5)
+    assert out["sun_mean_ratio"] == pytest.approx(ratio.mean().item(), rel=1e-5)
+    assert out["sun_std_ratio"] == pytest.approx(ratio.std(unbiased=False).item(), rel=1e-4)
+    assert out["sun_n_pass"] == float(((tmax > 100) & (ratio > 1000)).sum())
+    i = int(tmax.argmax())
+    assert out["sun_peak_abs"] == pytest.approx(250.0)
+    assert out["sun_peak_token_median"] == pytest.approx(med[i].item(), rel=1e-6)
+
+
+def test_massive_activation_counted_by_sun_criterion():
+    x = torch.full((1, 3, 2001), 0.01)
+    x[0, 1, 7] = 5000.0  # |a| > 100 and ratio 5000/0.01 > 1000
+    ps = PointStats("p", 1, "cpu")
+    ps.update(x, _info(torch.ones(1, 3, dtype=torch.bool), torch.tensor([0]), torch.zeros(1, 3, dtype=torch.long)))
+    out = ps.finalize()
+    assert out["sun_n_pass"] == 1
+    assert out["sun_max_ratio"] == pytest.approx(5000 / 0.01, rel=1e-5)
+
+
+def test_nonfinite_counted_never_a_max():
+    x = torch.tensor([[[1.0, float("nan"), -2.0], [float("inf"), 3.0, 0.5]]])
+    ps = PointStats("p", 1, "cpu")
+    ps.update(x, _info(torch.ones(1, 2, dtype=torch.bool), torch.tensor([0]), torch.zeros(1, 2, dtype=torch.long)))
+    out = ps.finalize()
+    assert out["nan_count"] == 1 and out["inf_count"] == 1
+    assert out["max"] == 3.0 and out["min"] == -2.0 and out["count"] == 4
+
+
+def test_histogram_quantiles_against_exact_quantiles():
+    g = torch.Generator().manual_seed(1)
+    x = torch.exp(torch.randn(1, 4000, 16, generator=g) * 2)  # log-normal magnitudes over decades
+    x[0, :10] = 0.0
+    ps = PointStats("p", 1, "cpu")
+    ps.update(x, _info(torch.ones(1, 4000, dtype=torch.bool), torch.tensor([0]), torch.zeros(1, 4000, dtype=torch.long)))
+    out = ps.finalize()
+    a = x.double().abs().reshape(-1)
+    assert out["abs_hist_zero_frac"] == pytest.approx(160 / a.numel())
+    bin_ratio = 10 ** (16 / HIST_BINS)  # one bin's width in ratio
+    for key, q in [("abs_median", 0.5), ("abs_q90", 0.9), ("abs_q99", 0.99)]:
+        exact = torch.quantile(a, q).item()
+        assert exact / bin_ratio <= out[key] <= exact * bin_ratio, key
+
+
+def test_hist_quantiles_all_zero_and_empty():
+    assert hist_quantiles(torch.zeros(HIST_BINS, dtype=torch.long), 5)["abs_median"] == 0.0
+    assert hist_quantiles(torch.zeros(HIST_BINS, dtype=torch.long), 0)["abs_median"] is None
+
+
+def test_expert_rows_of_unknown_origin_go_to_spare_slot():
+    ps = PointStats("p", 2, "cpu")
+    x = torch.tensor([[1.0, -9.0], [2.0, 3.0]])
+    ps.update(x, TokenInfo(torch.ones(2, dtype=torch.bool), torch.full((2,), 2), torch.arange(2), torch.full((2,), -1)))
+    mx, _ = ps.per_sample()
+    assert torch.isinf(mx).all()  # no real sample got a value
+    assert ps.finalize()["min"] == -9.0
+    assert math.isfinite(ps.finalize()["rms"])

@@ -1,0 +1,150 @@
+"""End-to-end Snakemake runs on the tiny test config (random-init models, stdlib corpus)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_CONFIG = REPO / "config" / "test.yaml"
+
+
+def snakemake(workdir: Path, *args, configfile: Path = TEST_CONFIG, check=True):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", "--resources", "gpu=1", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    if check and p.returncode != 0:
+        raise AssertionError(f"snakemake failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+def planned(output: str) -> dict[str, int]:
+    """Job counts per rule from a dry run's 'Job stats' table."""
+    m = re.search(r"Job stats:\n(.*?)\n\n", output + "\n\n", re.S)
+    counts = {}
+    if m:
+        for line in m.group(1).splitlines()[2:]:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+                counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def planned_wildcards(output: str, rule: str) -> list[str]:
+    out = []
+    for block in re.split(r"\n(?=(?:local)?rule )", output):
+        if block.startswith((f"rule {rule}:", f"localrule {rule}:")):
+            m = re.search(r"wildcards: (.*)", block)
+            out.append(m.group(1).strip() if m else "")
+    return out
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("study")
+    p = snakemake(wd)
+    return wd, p
+
+
+@pytest.mark.slow
+def test_end_to_end_outputs(study):
+    wd, _ = study
+    res = wd / "results" / "test"
+    rep = res / "reports"
+    assert (rep / "report.html").exists()
+    html = (rep / "report.html").read_text()
+    for stem in ["global_max_by_family", "layerwise_max_hidden", "int8_sqnr_vs_peak"]:
+        assert (rep / "figures" / f"{stem}.png").stat().st_size > 1000
+        assert (rep / "figures" / f"{stem}.pdf").stat().st_size > 1000
+        assert f"{stem}.png" in html
+    for ext in ("csv", "md", "tex"):
+        assert (rep / "tables" / f"global_max.{ext}").exists()
+    assert "booktabs" in (rep / "tables" / "global_max.tex").read_text() or "toprule" in (rep / "tables" / "global_max.tex").read_text()
+    for ck in ("tiny-llama", "tiny-gemma3"):
+        r = json.loads((res / "measure" / ck / "activation_stats.json").read_text())
+        prov = r["provenance"]
+        assert prov["corpus_sha256"] and prov["tokenizer_sha256"] and prov["environment"]["libraries"]["torch"]
+        assert prov["tokenization"]["add_special_tokens"] is False
+        assert r["global_max_location"] and r["peak"]["sample_id"]
+        assert ck in html
+        assert (res / "measure" / ck / "layer_stats.parquet").exists()
+        assert (res / "int8" / ck / "int8_check.json").exists()
+    # The published 27 sit beside the measured ones.
+    gt = (res / "aggregate" / "global_max.csv").read_text()
+    assert gt.count(",published,") == 27 or gt.count("published") >= 27
+    assert "no special tokens added" in html
+
+
+@pytest.mark.slow
+def test_noop_rerun_does_nothing(study):
+    wd, _ = study
+    p = snakemake(wd, "-n")
+    assert "Nothing to be done" in p.stdout + p.stderr
+
+
+@pytest.mark.slow
+def test_adding_a_checkpoint_runs_only_its_jobs(study, tmp_path):
+    wd, _ = study
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["checkpoints"].append({"name": "tiny-qwen2", "source": "random", "model_type": "qwen2",
+                               "config_overrides": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                                    "num_attention_heads": 4, "num_key_value_heads": 2}})
+    new = tmp_path / "added.yaml"
+    new.write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", configfile=new)
+    out = p.stdout
+    jobs = planned(out)
+    assert jobs.get("measure") == 1 and jobs.get("prepare_checkpoint") == 1 and jobs.get("int8_check") == 1
+    assert planned_wildcards(out, "measure") == ["ckpt=tiny-qwen2"]
+    assert "corpus" not in jobs
+    assert jobs.get("aggregate") == 1 and jobs.get("render") == 1
+
+
+@pytest.mark.slow
+def test_changing_a_corpus_setting_reruns_tokenize_and_measure(study, tmp_path):
+    wd, _ = study
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["corpus"]["max_samples"] = 10
+    new = tmp_path / "corpus.yaml"
+    new.write_text(yaml.safe_dump(cfg))
+    jobs = planned(snakemake(wd, "-n", configfile=new).stdout)
+    assert jobs.get("corpus") == 1 and jobs.get("tokenize") == 2 and jobs.get("measure") == 2
+    assert "prepare_checkpoint" not in jobs
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c.update(bogus_key=1), "bogus_key"),
+        (lambda c: c["tokenization"].update(max_seq_lenn=5), "tokenization.max_seq_lenn"),
+        (lambda c: c["tokenization"].update(max_seq_len="long"), "tokenization.max_seq_len"),
+        (lambda c: c["checkpoints"][0].update(sourc="hub"), "checkpoints.0.sourc"),
+        (lambda c: c["checkpoints"][0].update(name="org/model"), "checkpoints.0.name"),
+    ],
+)
+def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, mutate, expected):
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    mutate(cfg)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    p = snakemake(tmp_path, "-n", configfile=bad, check=False)
+    assert p.returncode != 0
+    assert expected in p.stdout + p.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean(tmp_path):
+    p = snakemake(tmp_path, "--lint", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Congratulations" in p.stdout + p.stderr or "no problems" in (p.stdout + p.stderr).lower()
+
+
+def test_default_config_plans_every_stage(tmp_path):
+    p = snakemake(tmp_path, "-n", configfile=REPO / "config" / "config.yaml")
+    jobs = planned(p.stdout)
+    for rule in ("corpus", "prepare_checkpoint", "tokenize", "measure", "int8_check", "aggregate", "render"):
+        assert jobs.get(rule), rule

@@ -1,0 +1,17 @@
+"""Rule int8_check: the paper's INT-8 sanity check at the checkpoint's peak layer."""
+from maxact.io import read_json, write_json
+from maxact.measure import int8_checkpoint
+from maxact.rulelog import rule_logging
+from maxact.tokenization import read_tokens
+
+with rule_logging(snakemake) as log:
+    p = dict(snakemake.params.int8)
+    result = read_json(snakemake.input.stats)
+    tokens, _ = read_tokens(snakemake.input.tokens)
+    if p.get("enabled", True):
+        out = int8_checkpoint(read_json(snakemake.input.prepared), tokens, result, settings=snakemake.config.get("runtime", {}),
+                              n_calib=p["n_calib"], n_eval=p["n_eval"], max_tokens=p["max_tokens"], seed=p["seed"])
+    else:
+        out = {"checkpoint": result["checkpoint"], "skipped": "int8.enabled is false"}
+    log.info("int8 %s", out.get("policies", out))
+    write_json(snakemake.output.result, out)

@@ -1,0 +1,214 @@
+"""One registry of hook maps: one entry per architecture family, keyed by ``config.model_type``.
+
+An entry names, by attribute path, the text backbone and every hook point of a decoder layer.
+Nothing is guessed from substrings: an unknown ``model_type`` is an error listing the supported ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+class UnsupportedArchitectureError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """How to read an MoE block (the layer's ``mlp`` when it has ``router`` as a child)."""
+
+    router: str  # child of the MoE block that routes tokens
+    # layer_{i}_moe_gate: which tensor of the router's output and how the published files transform it
+    moe_gate_index: int = 0
+    moe_gate_transform: str = "identity"  # 'identity' | 'softmax'
+    indices_index: int | None = 2  # router output element holding the selected experts [N, k]
+    router_logits_from_block: int | None = None  # MoE block output element holding router scores/logits
+    router_logits_from_router: int | None = None  # or: the router's output element
+    experts: str = "experts"
+    expert_act: str | None = "act_fn"  # module whose *input* is the expert gate pre-activation
+    num_experts_attr: str = "num_experts"  # attribute of the router
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    loader: str = "causal_lm"  # 'causal_lm' | 'image_text_to_text'
+    backbone: tuple[str, ...] = ("model",)  # attribute paths tried in order; the first with `.layers`
+    attn: tuple[str, ...] = ("self_attn",)  # the layer has exactly one of these
+    mlp: str = "mlp"
+    gate_proj: str | None = "gate_proj"  # child of a dense MLP whose output is the SwiGLU gate
+    residual_in: tuple[tuple[str, str], ...] = ()  # (point suffix, layer child) for sandwich norms
+    moe: MoESpec | None = None
+    final_norm: str = "norm"
+    # Published peaks of the family exceed float16's range (65,504): fp16 is refused unless forced.
+    fp16_unsafe: bool = False
+    remote_code: bool = False
+    notes: str = ""
+
+
+_SANDWICH = (("attn_residual_in", "post_attention_layernorm"), ("mlp_residual_in", "post_feedforward_layernorm"))
+_QWEN_MOE = MoESpec(router="gate", moe_gate_transform="softmax")
+
+FAMILIES: tuple[Family, ...] = (
+    Family("llama", ("llama",), notes="SmolLM2, Llama"),
+    Family("qwen2", ("qwen2",), notes="Qwen2.5 base and instruct"),
+    Family("qwen2_moe", ("qwen2_moe",), moe=_QWEN_MOE),
+    Family("qwen3", ("qwen3",)),
+    Family("qwen3_moe", ("qwen3_moe",), moe=_QWEN_MOE),
+    Family(
+        "qwen3_5",
+        ("qwen3_5", "qwen3_5_text"),
+        loader="image_text_to_text",
+        backbone=("model.language_model", "model"),
+        attn=("linear_attn", "self_attn"),
+        notes="hybrid Gated-DeltaNet linear attention + full attention",
+    ),
+    Family(
+        "qwen3_5_moe",
+        ("qwen3_5_moe", "qwen3_5_moe_text"),
+        loader="image_text_to_text",
+        backbone=("model.language_model", "model"),
+        attn=("linear_attn", "self_attn"),
+        moe=_QWEN_MOE,
+    ),
+    Family("qwen2_5_vl", ("qwen2_5_vl",), loader="image_text_to_text", backbone=("model.language_model",)),
+    Family("gemma", ("gemma",), fp16_unsafe=True, notes="Gemma 1"),
+    Family("gemma2", ("gemma2",), residual_in=_SANDWICH, fp16_unsafe=True),
+    Family("gemma3_text", ("gemma3_text",), residual_in=_SANDWICH, fp16_unsafe=True, notes="Gemma 3 text-only"),
+    Family(
+        "gemma3",
+        ("gemma3",),
+        loader="image_text_to_text",
+        backbone=("model.language_model",),
+        residual_in=_SANDWICH,
+        fp16_unsafe=True,
+        notes="Gemma3ForConditionalGeneration",
+    ),
+    Family(
+        "gpt_oss",
+        ("gpt_oss",),
+        moe=MoESpec(
+            router="router",
+            moe_gate_transform="identity",
+            router_logits_from_block=1,
+            expert_act=None,
+            num_experts_attr="num_experts",
+        ),
+        fp16_unsafe=True,
+        notes="MoE block returns (out, router_scores); published 'moe_gate' = raw router logits",
+    ),
+    Family(
+        "bailing_moe",
+        ("bailing_moe",),
+        # Ling-mini-2.0's remote modelling code (modeling_bailing_moe_v2.py): layers[i].attention,
+        # layers[i].mlp with .gate (router) and .experts (a ModuleList of MLPs with .gate_proj).
+        attn=("attention", "self_attn"),
+        moe=MoESpec(router="gate", indices_index=None, router_logits_from_router=None, expert_act=None,
+                    num_experts_attr="num_experts"),
+        remote_code=True,
+        notes="Ling; remote code only (trust_remote_code opt-in per checkpoint)",
+    ),
+    Family(
+        "bailing_hybrid",
+        ("bailing_hybrid",),
+        moe=MoESpec(router="gate", num_experts_attr="num_experts"),
+        notes="transformers-native Bailing hybrid; stands in for Ling in tests",
+    ),
+)
+
+_BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_BY_TYPE)
+
+
+def family_for(config) -> Family:
+    mt = getattr(config, "model_type", None)
+    try:
+        return _BY_TYPE[mt]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"architecture model_type={mt!r} ({type(config).__name__}) is not in the maxact hook registry. "
+            f"Supported: {', '.join(supported_model_types())}. "
+            "Add an entry to maxact.architectures.FAMILIES naming its backbone and hook modules."
+        ) from None
+
+
+def get_path(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def has_path(obj, path: str) -> bool:
+    try:
+        get_path(obj, path)
+        return True
+    except AttributeError:
+        return False
+
+
+def resolve_backbone(model: torch.nn.Module, family: Family) -> torch.nn.Module:
+    # A bare backbone (AutoModel / the text model itself) is accepted as well.
+    candidates = [p for p in family.backbone if has_path(model, p)]
+    for p in candidates:
+        bb = get_path(model, p)
+        if hasattr(bb, "layers"):
+            return bb
+    if hasattr(model, "layers") and hasattr(model, family.final_norm):
+        return model
+    raise UnsupportedArchitectureError(
+        f"{type(model).__name__}: none of the backbone paths {family.backbone} of family {family.name!r} "
+        "leads to a module with `.layers`"
+    )
+
+
+@dataclass
+class LayerPoints:
+    """The modules to hook in one decoder layer (None where the layer has no such point)."""
+
+    index: int
+    layer: torch.nn.Module
+    attn: torch.nn.Module | None
+    mlp: torch.nn.Module | None
+    gate_proj: torch.nn.Module | None
+    residual_in: dict[str, torch.nn.Module] = field(default_factory=dict)
+    moe_block: torch.nn.Module | None = None
+    router: torch.nn.Module | None = None
+    expert_act: torch.nn.Module | None = None
+    num_experts: int = 0
+
+
+def layer_points(backbone: torch.nn.Module, family: Family) -> list[LayerPoints]:
+    out = []
+    for i, layer in enumerate(backbone.layers):
+        attn = next((getattr(layer, a) for a in family.attn if hasattr(layer, a)), None)
+        mlp = getattr(layer, family.mlp, None)
+        lp = LayerPoints(index=i, layer=layer, attn=attn, mlp=mlp, gate_proj=None)
+        moe = family.moe
+        if moe is not None and mlp is not None and hasattr(mlp, moe.router):
+            lp.moe_block = mlp
+            lp.router = getattr(mlp, moe.router)
+            experts = getattr(mlp, moe.experts, None)
+            if moe.expert_act and experts is not None:
+                lp.expert_act = getattr(experts, moe.expert_act, None)
+            lp.num_experts = int(getattr(lp.router, moe.num_experts_attr, 0) or 0)
+        elif mlp is not None and family.gate_proj:
+            lp.gate_proj = getattr(mlp, family.gate_proj, None)
+        for suffix, child in family.residual_in:
+            if hasattr(layer, child):
+                lp.residual_in[suffix] = getattr(layer, child)
+        out.append(lp)
+    return out
+
+
+def loader_class(family: Family):
+    import transformers
+
+    if family.loader == "image_text_to_text":
+        return transformers.AutoModelForImageTextToText
+    return transformers.AutoModelForCausalLM

@@ -1,0 +1,423 @@
+"""The measurement engine: forward hooks on the text backbone feeding on-device statistics.
+
+One identical set of hook points for every family (see :mod:`maxact.architectures`):
+``embedding_output`` (the residual stream entering layer 0, i.e. after any embedding scaling),
+``layer_{i}_hidden``, ``layer_{i}_attn_output``, ``layer_{i}_mlp_output``, ``layer_{i}_mlp_gate``,
+``layer_{i}_moe_gate``, ``layer_{i}_router_logits``, ``layer_{i}_{attn,mlp}_residual_in`` and
+``final_layernorm``.  Padding never counts: dense points carry the batch mask; MoE blocks are fed
+the real tokens only (packed), so router and expert-internal rows are real tokens by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .architectures import Family, LayerPoints, family_for, layer_points, resolve_backbone
+from .stats import PointStats, TokenInfo
+
+log = logging.getLogger(__name__)
+
+GLOBAL_KINDS = ("embedding", "hidden", "attn", "mlp", "final_norm")
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T] right-padded
+    attention_mask: torch.Tensor  # [B, T] 1 = real token
+    sample_index: torch.Tensor  # [B] row in the corpus
+    lengths: list[int]
+
+
+def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Group sample indices into batches sorted by length (longest first), capping B*T_max."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, cur = [], []
+    for i in order:
+        t_max = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) >= batch_size or (max_batch_tokens and (len(cur) + 1) * t_max > max_batch_tokens)):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def collate(samples: Sequence[Sequence[int]], indices: Sequence[int], pad_id: int) -> Batch:
+    lengths = [len(samples[i]) for i in indices]
+    t = max(lengths)
+    ids = torch.full((len(indices), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), t), dtype=torch.long)
+    for r, i in enumerate(indices):
+        ids[r, : lengths[r]] = torch.as_tensor(samples[i], dtype=torch.long)
+        mask[r, : lengths[r]] = 1
+    return Batch(ids, mask, torch.as_tensor(list(indices), dtype=torch.long), lengths)
+
+
+def kind_of(point: str) -> str:
+    if point == "embedding_output":
+        return "embedding"
+    if point == "final_layernorm":
+        return "final_norm"
+    suffix = point.split("_", 2)[2]
+    return {"attn_output": "attn", "mlp_output": "mlp"}.get(suffix, suffix)
+
+
+class Measurement:
+    """Owns the hooks and the statistics of one model."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        n_samples: int,
+        device: torch.device | str,
+        full_kinds: Iterable[str] | None = None,
+        topk: int = 100,
+    ):
+        self.model = model
+        self.family: Family = family_for(model.config)
+        self.backbone = resolve_backbone(model, self.family)
+        self.layers: list[LayerPoints] = layer_points(self.backbone, self.family)
+        self.device = torch.device(device)
+        self.n_samples = n_samples
+        self.topk = topk
+        # Histogram quantiles and the Sun criterion on every point unless restricted.
+        self.full_kinds = set(full_kinds) if full_kinds is not None else None
+        self.points: dict[str, PointStats] = {}
+        self.expert_counts: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+        self._info: TokenInfo | None = None
+        self._packed_info: TokenInfo | None = None
+        self._packed_rows: torch.Tensor | None = None
+        self._batch_shape: tuple[int, int] | None = None
+        self._register()
+
+    # ----------------------------------------------------------- registration
+    def _stats(self, name: str) -> PointStats:
+        ps = self.points.get(name)
+        if ps is None:
+            full = self.full_kinds is None or kind_of(name) in self.full_kinds
+            ps = self.points[name] = PointStats(name, self.n_samples, self.device, full=full, topk=self.topk)
+        return ps
+
+    def _record(self, name: str, x: torch.Tensor, info: TokenInfo | None = None) -> None:
+        if info is None:
+            info = self._info_for(x)
+        self._stats(name).update(x, info)
+
+    def _info_for(self, x: torch.Tensor) -> TokenInfo:
+        """Token facts for an activation by its row count: full batch, packed real tokens, or unknown rows."""
+        n = x.numel() // x.shape[-1]
+        b, t = self._batch_shape
+        if n == b * t:
+            return self._info
+        if self._packed_info is not None and n == self._packed_info.valid.numel():
+            return self._packed_info
+        return self._unknown_info(n, x.device)
+
+    def _unknown_info(self, n: int, dev) -> TokenInfo:
+        # Routed copies of real tokens (expert-internal rows): real by construction, origin unknown.
+        return TokenInfo(
+            valid=torch.ones(n, dtype=torch.bool, device=dev),
+            sample=torch.full((n,), self.n_samples, dtype=torch.long, device=dev),
+            position=torch.arange(n, device=dev),
+            token_id=torch.full((n,), -1, dtype=torch.long, device=dev),
+        )
+
+    def _hook(self, module, fn: Callable, pre: bool = False):
+        if pre:
+            h = module.register_forward_pre_hook(fn, with_kwargs=True)
+        else:
+            h = module.register_forward_hook(fn)
+        self._handles.append(h)
+
+    def _register(self) -> None:
+        rec = self._record
+
+        def point(name):
+            return lambda m, inp, out: rec(name, _first(out))
+
+        first = self.layers[0].layer
+
+        def emb_pre(m, args, kwargs):
+            hs = args[0] if args else kwargs["hidden_states"]
+            rec("embedding_output", hs)
+
+        self._hook(first, emb_pre, pre=True)
+        for lp in self.layers:
+            i = lp.index
+            self._hook(lp.layer, point(f"layer_{i}_hidden"))
+            if lp.attn is not None:
+                self._hook(lp.attn, point(f"layer_{i}_attn_output"))
+            if lp.moe_block is not None:
+                self._register_moe(lp)
+            elif lp.mlp is not None:
+                self._hook(lp.mlp, point(f"layer_{i}_mlp_output"))
+                if lp.gate_proj is not None:
+                    self._hook(lp.gate_proj, point(f"layer_{i}_mlp_gate"))
+            for suffix, mod in lp.residual_in.items():
+                self._hook(mod, point(f"layer_{i}_{suffix}"))
+        self._hook(getattr(self.backbone, self.family.final_norm), point("final_layernorm"))
+
+    def _register_moe(self, lp: LayerPoints) -> None:
+        spec = self.family.moe
+        i = lp.index
+
+        def pack(m, args, kwargs):
+            # Feed the block only real tokens so that routers and experts never see padding.
+            hs = args[0] if args else kwargs.pop("hidden_states")
+            c = hs.shape[-1]
+            packed = hs.reshape(-1, c).index_select(0, self._packed_rows).unsqueeze(0)
+            return (packed, *args[1:]), kwargs
+
+        def unpack(m, inp, out):
+            main = _first(out)
+            self._record(f"layer_{i}_mlp_output", main, self._packed_info)
+            if spec.router_logits_from_block is not None and isinstance(out, (tuple, list)):
+                self._record(f"layer_{i}_router_logits", out[spec.router_logits_from_block], self._packed_info)
+            b, t = self._batch_shape
+            c = main.shape[-1]
+            full = main.new_zeros((b * t, c)).index_copy_(0, self._packed_rows, main.reshape(-1, c))
+            full = full.reshape(b, t, c)
+            if isinstance(out, tuple):
+                return (full, *out[1:])
+            return full
+
+        def router_hook(m, inp, out):
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            g = outs[spec.moe_gate_index]
+            if spec.moe_gate_transform == "softmax":
+                g = torch.softmax(g.float(), dim=-1)
+            self._record(f"layer_{i}_moe_gate", g, self._packed_info)
+            if spec.router_logits_from_router is not None:
+                self._record(f"layer_{i}_router_logits", outs[spec.router_logits_from_router], self._packed_info)
+            if spec.indices_index is not None and lp.num_experts:
+                idx = outs[spec.indices_index].reshape(-1).long()
+                counts = self.expert_counts.get(i)
+                if counts is None:
+                    counts = self.expert_counts[i] = torch.zeros(lp.num_experts, dtype=torch.long, device=idx.device)
+                counts.index_add_(0, idx, torch.ones_like(idx))
+
+        self._hook(lp.moe_block, pack, pre=True)
+        self._hook(lp.moe_block, unpack)
+        self._hook(lp.router, router_hook)
+        if lp.expert_act is not None:
+            def act_pre(m, args, kwargs):
+                g = args[0] if args else next(iter(kwargs.values()))
+                self._record(f"layer_{i}_mlp_gate", g, self._unknown_info(g.numel() // g.shape[-1], g.device))
+
+            self._hook(lp.expert_act, act_pre, pre=True)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # ---------------------------------------------------------------- running
+    def _set_batch(self, batch: Batch, device) -> None:
+        b, t = batch.input_ids.shape
+        self._batch_shape = (b, t)
+        mask = batch.attention_mask.to(device).bool()
+        ids = batch.input_ids.to(device)
+        sample = batch.sample_index.to(device)[:, None].expand(b, t).reshape(-1)
+        pos = torch.arange(t, device=device).expand(b, t).reshape(-1)
+        self._info = TokenInfo(valid=mask.reshape(-1), sample=sample, position=pos, token_id=ids.reshape(-1))
+        # Row indices of real tokens, built from host-known lengths: no device sync.
+        rows = torch.cat([torch.arange(L) + r * t for r, L in enumerate(batch.lengths)]).to(device)
+        self._packed_rows = rows
+        self._packed_info = TokenInfo(
+            valid=torch.ones(rows.numel(), dtype=torch.bool, device=device),
+            sample=sample.index_select(0, rows),
+            position=pos.index_select(0, rows),
+            token_id=self._info.token_id.index_select(0, rows),
+        )
+
+    @torch.no_grad()
+    def forward(self, batch: Batch) -> None:
+        dev = self.input_device()
+        self._set_batch(batch, self.device)
+        self.backbone(
+            input_ids=batch.input_ids.to(dev),
+            attention_mask=batch.attention_mask.to(dev),
+            use_cache=False,
+        )
+
+    def input_device(self) -> torch.device:
+        return self.backbone.get_input_embeddings().weight.device
+
+    # ------------------------------------------------------- state (resume/OOM)
+    def state(self) -> dict:
+        return {
+            "points": {k: v.state_dict() for k, v in self.points.items()},
+            "expert_counts": dict(self.expert_counts),
+        }
+
+    def snapshot(self) -> dict:
+        return {
+            "points": {k: {n: t.clone() for n, t in v.state_dict().items()} for k, v in self.points.items()},
+            "expert_counts": {k: v.clone() for k, v in self.expert_counts.items()},
+        }
+
+    def restore(self, state: dict) -> None:
+        keep = set(state["points"])
+        for k in list(self.points):
+            if k not in keep:
+                del self.points[k]
+        for k, st in state["points"].items():
+            self._stats(k).load_state_dict(st)
+        self.expert_counts = {int(k): v.to(self.device) for k, v in state["expert_counts"].items()}
+
+
+def run_batches(
+    meas: Measurement,
+    samples: Sequence[Sequence[int]],
+    batches: list[list[int]],
+    pad_id: int,
+    progress: Callable[[int], None] | None = None,
+    start_batch: int = 0,
+    on_batch_done: Callable[[int], None] | None = None,
+) -> dict:
+    """Run all batches; on CUDA out-of-memory halve the batch and retry it from a snapshot.
+
+    Returns run facts (batches run, OOM splits).
+    """
+    splits = []
+    t0 = time.perf_counter()
+    cuda = meas.device.type == "cuda"
+    for bi in range(start_batch, len(batches)):
+        queue = [batches[bi]]
+        while queue:
+            idx = queue.pop(0)
+            snap = meas.snapshot() if cuda else None
+            try:
+                meas.forward(collate(samples, idx, pad_id))
+            except torch.cuda.OutOfMemoryError as e:
+                if len(idx) == 1:
+                    raise RuntimeError(
+                        f"CUDA out of memory on a single sample of {len(samples[idx[0]])} tokens: {e}. "
+                        "Lower tokenization.max_seq_len, use dtype bf16, or give the job more GPUs (gpus: N)."
+                    ) from e
+                meas.restore(snap)
+                torch.cuda.empty_cache()
+                half = len(idx) // 2
+                log.warning("CUDA OOM on a batch of %d samples: retrying as %d + %d", len(idx), half, len(idx) - half)
+                splits.append({"batch": bi, "size": len(idx)})
+                queue[:0] = [idx[:half], idx[half:]]
+                continue
+            if progress:
+                progress(sum(len(samples[i]) for i in idx))
+        if on_batch_done:
+            on_batch_done(bi)
+    return {"oom_splits": splits, "seconds": time.perf_counter() - t0}
+
+
+def assemble_result(meas: Measurement, sample_ids: Sequence[str], decode: Callable[[int], str] | None) -> dict:
+    """Host-side summary: published-format ``per_layer_stats`` plus peaks, top-k and routing."""
+    per_layer, peaks, tops = {}, {}, {}
+    order = _point_order(meas)
+    for name in order:
+        ps = meas.points[name]
+        st = ps.finalize()
+        top = st.pop("top_abs")
+        per_layer[name] = st
+        tops[name] = [_describe(t, sample_ids, decode) for t in top]
+        if top:
+            peaks[name] = tops[name][0]
+    best = None
+    for name in order:
+        if kind_of(name) not in GLOBAL_KINDS or per_layer[name]["max"] is None:
+            continue
+        st = per_layer[name]
+        for val, ext in ((st["max"], "max"), (st["min"], "min")):
+            if best is None or abs(val) > abs(best[0]):
+                best = (val, name, ext)
+    routing = {}
+    for i, counts in sorted(meas.expert_counts.items()):
+        c = counts.cpu().tolist()
+        routing[f"layer_{i}"] = {"tokens_per_expert": c, "unused_experts": [e for e, n in enumerate(c) if n == 0]}
+    result = {
+        "global_max_activation": best[0] if best else None,
+        "global_max_location": f"{best[1]} ({best[2]})" if best else None,
+        "per_layer_stats": per_layer,
+    }
+    if best:
+        peak = dict(peaks[best[1]])
+        peak.update(component=best[1], kind=kind_of(best[1]), layer=_layer_of(best[1]), extreme=best[2])
+        result["peak"] = peak
+    result["peaks"] = peaks
+    result["top_activations"] = tops
+    result["expert_routing"] = routing
+    nonfinite = {k: {"nan": v["nan_count"], "inf": v["inf_count"]} for k, v in per_layer.items() if v["nan_count"] or v["inf_count"]}
+    result["nonfinite"] = nonfinite
+    return result
+
+
+def per_sample_table(meas: Measurement, sample_ids: Sequence[str]):
+    import pandas as pd
+
+    cols = {"sample_id": list(sample_ids)}
+    for name in _point_order(meas):
+        mx, mn = meas.points[name].per_sample()
+        cols[f"{name}:max"] = mx.numpy()
+        cols[f"{name}:min"] = mn.numpy()
+    return pd.DataFrame(cols)
+
+
+def _layer_of(name: str) -> int | None:
+    return int(name.split("_")[1]) if name.startswith("layer_") else None
+
+
+def _point_order(meas: Measurement) -> list[str]:
+    def key(n):
+        layer = _layer_of(n)
+        return (-1 if n == "embedding_output" else (10**9 if n == "final_layernorm" else layer), n)
+
+    return sorted(meas.points, key=key)
+
+
+def _describe(t: dict, sample_ids, decode) -> dict:
+    s = t["sample"]
+    known = 0 <= s < len(sample_ids)
+    d = {
+        "value": t["value"],
+        "sample_id": sample_ids[s] if known else None,
+        "position": t["position"] if known else None,
+        "row": None if known else t["position"],
+        "token_id": t["token_id"] if t["token_id"] >= 0 else None,
+        "channel": t["channel"],
+    }
+    d["token"] = decode(t["token_id"]) if (decode and t["token_id"] >= 0) else None
+    return d
+
+
+def check_dtype(family: Family, dtype: torch.dtype, force: bool = False) -> None:
+    if dtype == torch.float16 and family.fp16_unsafe and not force:
+        raise ValueError(
+            f"float16 refused for family {family.name!r}: its published peaks (up to ~7e5 for Gemma 2/3) exceed "
+            "float16's largest finite value 65,504, so activations would overflow to inf. Use bfloat16 or float32, "
+            "or set force_dtype: true to measure anyway."
+        )
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def nan_safe(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

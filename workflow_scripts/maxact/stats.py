@@ -1,0 +1,302 @@
+"""Streaming activation statistics that live on the measurement device.
+
+Every update is a fixed sequence of tensor ops: no ``.item()``, no ``.cpu()``, no branch on a
+tensor's value, so hooks never synchronise the GPU.  ``finalize`` moves everything to the host once.
+
+Rows of an activation are *tokens*; the last dimension is channels.  Each update gets a
+:class:`TokenInfo` telling, per token row, whether it is real (padding never counts), which corpus
+sample and position it came from and its token id.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)
+
+# The published files' histogram: 512 log-spaced bins over |a| in [1e-8, 1e8].
+HIST_BINS = 512
+HIST_LOG10_LO = -8.0
+HIST_LOG10_HI = 8.0
+# Sun et al. 2024 massive-activation criterion: |a| > 100 and |a| / median|a| of its token > 1000.
+SUN_T_VAL = 100.0
+SUN_T_RATIO = 1000.0
+TOPK = 100
+QUANTILES = {"abs_q25": 0.25, "abs_median": 0.5, "abs_q75": 0.75, "abs_q90": 0.90, "abs_q99": 0.99, "abs_q999": 0.999}
+# histc counts in float32: keep each call's element count exactly representable.
+_HISTC_CHUNK = 1 << 24
+# Rows per update chunk are chosen so that a chunk holds at most this many elements.
+_CHUNK_ELEMENTS = 1 << 26
+# torch.compile fuses the elementwise passes into a few kernels on CUDA (set MAXACT_COMPILE=0 to disable).
+_COMPILE = os.environ.get("MAXACT_COMPILE", "1") != "0"
+
+
+def _fused_partials(x: torch.Tensor, tok_valid: torch.Tensor, full: bool):
+    """Per-chunk partial sums and per-token extremes of a [rows, channels] activation.
+
+    Returns (n_nan, n_inf, count, sum, sumsq, abs_sum, token_max, token_min, n_zero, log10|a| for
+    the histogram (out-of-range marker where excluded), |a| (zero where excluded)).
+    """
+    in_dtype = x.dtype
+    x = x.float()
+    tv = tok_valid[:, None]
+    valid = torch.isfinite(x) & tv
+    n_nan = (torch.isnan(x) & tv).sum()
+    n_inf = (torch.isinf(x) & tv).sum()
+    count = valid.sum()
+    xz = torch.where(valid, x, 0.0)
+    a = xz.abs()
+    s1 = xz.sum(dtype=torch.float64)
+    s2 = (xz * xz).sum(dtype=torch.float64)
+    sa = a.sum(dtype=torch.float64)
+    tmax = torch.where(valid, x, -math.inf).amax(-1)
+    tmin = torch.where(valid, x, math.inf).amin(-1)
+    if not full:
+        return n_nan, n_inf, count, s1, s2, sa, tmax, tmin, None, None, None
+    n_zero = (valid & (a == 0)).sum()
+    # Out-of-range magnitudes go to the end bins (as in the published histogram); excluded elements
+    # are pushed outside histc's range so they are not counted.
+    la = torch.log10(a.clamp_min(1e-30)).clamp(HIST_LOG10_LO, HIST_LOG10_HI - 1e-6)
+    la = torch.where(valid & (a > 0), la, HIST_LOG10_HI + 100.0)
+    # |a| in the activation's own dtype (exact for bf16/fp16) halves the median's memory traffic.
+    return n_nan, n_inf, count, s1, s2, sa, tmax, tmin, n_zero, la, a.to(in_dtype)
+
+
+_fused_partials_compiled = torch.compile(_fused_partials, dynamic=True) if hasattr(torch, "compile") else _fused_partials
+
+
+@dataclass
+class TokenInfo:
+    """Per-token-row facts for one activation, flattened to ``[N]``."""
+
+    valid: torch.Tensor  # bool [N]
+    sample: torch.Tensor  # int64 [N]: row in the per-sample table (n_samples = 'unknown')
+    position: torch.Tensor  # int64 [N]
+    token_id: torch.Tensor  # int64 [N], -1 where unknown
+
+
+class PointStats:
+    """All statistics of one hook point.
+
+    ``full`` adds the |a| histogram (quantiles) and the Sun et al. per-token criterion; the basic
+    set (count, mean, std, rms, abs_mean, max, min, NaN/Inf, per-sample extremes, top-k and peak
+    provenance) is always on.
+    """
+
+    def __init__(self, name: str, n_samples: int, device, full: bool = True, topk: int = TOPK):
+        self.name = name
+        self.full = full
+        self.topk = topk
+        self.n_samples = n_samples
+        dev = torch.device(device)
+        self.device = dev
+        f64 = dict(dtype=torch.float64, device=dev)
+        i64 = dict(dtype=torch.int64, device=dev)
+        f32 = dict(dtype=torch.float32, device=dev)
+        self.count = torch.zeros((), **i64)
+        self.n_nan = torch.zeros((), **i64)
+        self.n_inf = torch.zeros((), **i64)
+        self.sum = torch.zeros((), **f64)
+        self.sumsq = torch.zeros((), **f64)
+        self.abs_sum = torch.zeros((), **f64)
+        self.max = torch.full((), -math.inf, **f32)
+        self.min = torch.full((), math.inf, **f32)
+        # One extra slot for rows whose sample is unknown (expert-internal rows).
+        self.sample_max = torch.full((n_samples + 1,), -math.inf, **f32)
+        self.sample_min = torch.full((n_samples + 1,), math.inf, **f32)
+        # Top-k |a| over everything seen: value (signed), sample, position, token id, channel.
+        self.top_abs = torch.full((topk,), -1.0, **f32)
+        self.top_val = torch.zeros((topk,), **f32)
+        self.top_loc = torch.full((topk, 4), -1, **i64)
+        self.top_median = torch.zeros((topk,), **f32)  # median |a| of the token holding each top value
+        self.n_tokens = torch.zeros((), **i64)
+        if full:
+            self.hist = torch.zeros((HIST_BINS,), **i64)
+            self.n_zero = torch.zeros((), **i64)
+            self.sun_n_pass = torch.zeros((), **i64)
+            self.sun_n_ratio = torch.zeros((), **i64)
+            self.sun_ratio_sum = torch.zeros((), **f64)
+            self.sun_ratio_sumsq = torch.zeros((), **f64)
+            self.sun_max_ratio = torch.full((), -1.0, **f32)
+            self.sun_max_ratio_abs = torch.zeros((), **f32)
+            self.sun_max_ratio_median = torch.zeros((), **f32)
+
+    # ------------------------------------------------------------------ update
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, info: TokenInfo) -> None:
+        c = x.shape[-1]
+        x = x.reshape(-1, c)
+        n = x.shape[0]
+        tok_valid = info.valid.reshape(n)
+        # Row chunks bound the float32 temporaries (memory stays near the bare forward's).
+        rows = max(1, _CHUNK_ELEMENTS // c)
+        tmax_parts, tmin_parts, med_parts = [], [], []
+        partials = _fused_partials_compiled if (x.is_cuda and _COMPILE) else _fused_partials
+        for start in range(0, n, rows):
+            xc, vc = x[start : start + rows], tok_valid[start : start + rows]
+            n_nan, n_inf, count, s1, s2, sa, tmax, tmin, n_zero, la, a = partials(xc, vc, self.full)
+            self.n_nan += n_nan
+            self.n_inf += n_inf
+            self.count += count
+            self.sum += s1
+            self.sumsq += s2
+            self.abs_sum += sa
+            tmax_parts.append(tmax)
+            tmin_parts.append(tmin)
+            if self.full:
+                self.n_zero += n_zero
+                for chunk in la.reshape(-1).split(_HISTC_CHUNK):
+                    self.hist += torch.histc(chunk, HIST_BINS, HIST_LOG10_LO, HIST_LOG10_HI).to(torch.int64)
+                # Lower median over channels (torch.median's convention); padding rows are all-zero.
+                med_parts.append(a.kthvalue((c + 1) // 2, dim=-1).values.float())
+        tmax = torch.cat(tmax_parts) if len(tmax_parts) > 1 else tmax_parts[0]
+        tmin = torch.cat(tmin_parts) if len(tmin_parts) > 1 else tmin_parts[0]
+        # Token-level signed extremes; every other extreme derives from these [N] vectors.
+        self.max = torch.maximum(self.max, tmax.amax())
+        self.min = torch.minimum(self.min, tmin.amin())
+        self.sample_max.index_reduce_(0, info.sample, tmax, "amax")
+        self.sample_min.index_reduce_(0, info.sample, tmin, "amin")
+        tabs = torch.maximum(tmax, -tmin)  # -inf for padding rows
+        self.n_tokens += tok_valid.sum()
+        med = None
+        if self.full:
+            med = torch.cat(med_parts) if len(med_parts) > 1 else med_parts[0]
+            self._update_sun(tabs, med, tok_valid)
+        self._update_topk(x, tok_valid, tabs, med, info)
+
+    def _update_sun(self, tabs, med, tok_valid) -> None:
+        has_ratio = tok_valid & (med > 0)
+        ratio = torch.where(has_ratio, tabs / torch.where(has_ratio, med, 1.0), 0.0)
+        self.sun_n_ratio += has_ratio.sum()
+        self.sun_ratio_sum += ratio.sum(dtype=torch.float64)
+        self.sun_ratio_sumsq += ratio.double().square().sum()
+        passed = tok_valid & (tabs > SUN_T_VAL) & (ratio > SUN_T_RATIO)
+        self.sun_n_pass += passed.sum()
+        r = torch.where(has_ratio, ratio, -1.0)
+        i = r.argmax()
+        better = r[i] > self.sun_max_ratio
+        self.sun_max_ratio = torch.where(better, r[i], self.sun_max_ratio)
+        self.sun_max_ratio_abs = torch.where(better, tabs[i], self.sun_max_ratio_abs)
+        self.sun_max_ratio_median = torch.where(better, med[i], self.sun_max_ratio_median)
+
+    def _update_topk(self, x, tok_valid, tabs, med, info: TokenInfo) -> None:
+        # The top-k elements lie in the top-k tokens by token max |a|: gather only those rows.
+        n, c = x.shape
+        kt = min(self.topk, n)
+        tok_rank = tabs.topk(kt).indices  # [kt]
+        xr = x[tok_rank].float()
+        rows_valid = tok_valid[tok_rank][:, None] & torch.isfinite(xr)
+        rows_abs = torch.where(rows_valid, xr.abs(), -1.0)  # [kt, c]
+        ke = min(self.topk, kt * c)
+        cand_abs, flat = rows_abs.reshape(-1).topk(ke)
+        row = tok_rank[flat // c]
+        chan = flat % c
+        cand_val = xr.reshape(-1)[flat]
+        cand_loc = torch.stack([info.sample[row], info.position[row], info.token_id[row], chan], dim=1)
+        cand_med = med[row] if med is not None else torch.zeros_like(cand_abs)
+        all_abs = torch.cat([self.top_abs, cand_abs])
+        all_loc = torch.cat([self.top_loc, cand_loc])
+        # Ties in |a| (common in bf16) go to the smallest (sample, position, channel), so the peak's
+        # location does not depend on batching.
+        loc_key = (all_loc[:, 0] * (1 << 21) + all_loc[:, 1]) * (1 << 21) + all_loc[:, 3]
+        by_loc = loc_key.argsort(stable=True)
+        keep = by_loc[(-all_abs[by_loc]).argsort(stable=True)[: self.topk]]
+        self.top_abs = all_abs[keep]
+        self.top_val = torch.cat([self.top_val, cand_val])[keep]
+        self.top_loc = all_loc[keep]
+        self.top_median = torch.cat([self.top_median, cand_med])[keep]
+
+    # ---------------------------------------------------------------- finalize
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.to(self.device))
+
+    def finalize(self) -> dict:
+        """Host-side summary in the published files' key names (plus extras)."""
+        s = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        n = int(s["count"])
+        out: dict = {"count": float(n)}
+        if n:
+            mean = float(s["sum"]) / n
+            ms = float(s["sumsq"]) / n
+            out.update(
+                mean=mean,
+                std=math.sqrt(max(ms - mean * mean, 0.0)),
+                abs_mean=float(s["abs_sum"]) / n,
+                rms=math.sqrt(ms),
+                max=float(s["max"]),
+                min=float(s["min"]),
+            )
+        else:
+            out.update(mean=None, std=None, abs_mean=None, rms=None, max=None, min=None)
+        out["nan_count"] = float(s["n_nan"])
+        out["inf_count"] = float(s["n_inf"])
+        out["n_tokens"] = float(s["n_tokens"])
+        keep = s["top_abs"] >= 0
+        tops = [
+            {"value": float(v), "sample": int(l[0]), "position": int(l[1]), "token_id": int(l[2]), "channel": int(l[3])}
+            for v, l in zip(s["top_val"][keep], s["top_loc"][keep])
+        ]
+        out["top_abs"] = tops
+        if self.full and n:
+            tmed = float(s["top_median"][0]) if tops else 0.0
+            peak_abs = float(s["top_abs"][0]) if tops else 0.0
+            nr = int(s["sun_n_ratio"])
+            rmean = float(s["sun_ratio_sum"]) / nr if nr else 0.0
+            rvar = float(s["sun_ratio_sumsq"]) / nr - rmean * rmean if nr else 0.0
+            out.update(
+                sun_peak_abs=peak_abs,
+                sun_peak_token_median=tmed,
+                sun_peak_token_ratio=peak_abs / tmed if tmed > 0 else None,
+                sun_max_ratio=float(s["sun_max_ratio"]) if nr else None,
+                sun_max_ratio_abs=float(s["sun_max_ratio_abs"]),
+                sun_max_ratio_median=float(s["sun_max_ratio_median"]),
+                sun_mean_ratio=rmean,
+                sun_std_ratio=math.sqrt(max(rvar, 0.0)),
+                sun_n_tokens=float(s["n_tokens"]),
+                sun_n_pass=float(s["sun_n_pass"]),
+                sun_t_val=SUN_T_VAL,
+                sun_t_ratio=SUN_T_RATIO,
+            )
+            out.update(hist_quantiles(s["hist"], int(s["n_zero"])))
+            out["abs_hist_count"] = float(n)
+            out["abs_hist_zero_frac"] = int(s["n_zero"]) / n
+        return out
+
+    def per_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample signed max and min (``[n_samples]``; ±inf where a sample had no row here)."""
+        return self.sample_max[:-1].detach().cpu(), self.sample_min[:-1].detach().cpu()
+
+
+def hist_edges() -> torch.Tensor:
+    return torch.logspace(HIST_LOG10_LO, HIST_LOG10_HI, HIST_BINS + 1, dtype=torch.float64)
+
+
+def hist_quantiles(hist: torch.Tensor, n_zero: int) -> dict[str, float]:
+    """|a| quantiles from the log histogram (exact zeros counted apart), log-linear within a bin."""
+    counts = hist.double()
+    total = float(counts.sum()) + n_zero
+    out = {}
+    if total <= 0:
+        return {k: None for k in QUANTILES}
+    edges = hist_edges()
+    cum = torch.cumsum(counts, 0) + n_zero
+    for key, q in QUANTILES.items():
+        target = q * total
+        if target <= n_zero:
+            out[key] = 0.0
+            continue
+        b = int(torch.searchsorted(cum, torch.tensor(target, dtype=torch.float64)).clamp(max=HIST_BINS - 1))
+        before = float(cum[b - 1]) if b > 0 else float(n_zero)
+        frac = (target - before) / float(counts[b]) if counts[b] > 0 else 0.0
+        lo, hi = math.log10(float(edges[b])), math.log10(float(edges[b + 1]))
+        out[key] = 10 ** (lo + frac * (hi - lo))
+    return out

@@ -1,0 +1,19 @@
+"""Rule measure: hook the text backbone and write activation_stats.json plus tidy tables."""
+from pathlib import Path
+
+from maxact.io import read_json
+from maxact.measure import measure_checkpoint
+from maxact.rulelog import rule_logging
+from maxact.tokenization import read_tokens
+
+with rule_logging(snakemake) as log:
+    corpus_manifest = read_json(snakemake.input.manifest)
+    tokens, token_meta = read_tokens(snakemake.input.tokens, expect_corpus_sha=corpus_manifest["sha256"])
+    # Runtime settings come from the config's `runtime` block (set by a profile); they are not params,
+    # so changing the device or batch size reruns nothing.
+    settings = {**snakemake.config.get("runtime", {}), **dict(snakemake.params.measure)}
+    result = measure_checkpoint(
+        read_json(snakemake.input.prepared), tokens, token_meta, Path(snakemake.output.stats).parent,
+        settings=settings, meta=dict(snakemake.params.meta), corpus_sha256=corpus_manifest["sha256"],
+    )
+    log.info("%s: global max %s at %s", result["checkpoint"], result["global_max_activation"], result["global_max_location"])
