@@ -1,5 +1,5 @@
 # maxact: maximum activations of open LLM checkpoints, as a cached, resumable DAG.
-# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> int8_check -> aggregate -> render.
+# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> int8_check -> aggregate/supplementary -> render.
 
 from snakemake.utils import min_version
 
@@ -16,6 +16,7 @@ include: "rules/tokenize.smk"
 include: "rules/measure.smk"
 include: "rules/int8.smk"
 include: "rules/aggregate.smk"
+include: "rules/supplementary.smk"
 include: "rules/render.smk"
 
 

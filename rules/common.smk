@@ -85,3 +85,11 @@ def published_dir():
         return None
     p = Path(pub["dir"])
     return str(p if p.is_absolute() else Path(workflow.basedir) / p)
+
+
+def per_sample_tables(wildcards=None):
+    return expand(f"{RESULTS}/measure/{{ckpt}}/per_sample_extremes.parquet", ckpt=CHECKPOINTS)
+
+
+def measured_tokens(wildcards=None):
+    return [f"{RESULTS}/tokens/{tokenizer_group(config, c)}/tokens.parquet" for c in CHECKPOINTS]

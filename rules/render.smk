@@ -9,6 +9,9 @@ rule render:
         stats=measured_results,
         int8=int8_results,
         corpus_manifest=rules.corpus.output.manifest,
+        bootstrap=rules.supplementary.output.bootstrap,
+        saturation=rules.supplementary.output.saturation,
+        verdicts=rules.supplementary.output.verdicts,
         template=f"{workflow.basedir}/reports/templates/report.html.j2",
     output:
         report=f"{REPORTS}/report.html",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -242,8 +243,16 @@ class Measurement:
             token_id=self._info.token_id.index_select(0, rows),
         )
 
+    # Test hook: raise an out-of-memory error for batches above this many padded tokens (CPU path).
+    simulate_oom_tokens: int | None = None
+
     @torch.no_grad()
     def forward(self, batch: Batch) -> None:
+        if self.simulate_oom_tokens is not None and batch.input_ids.numel() > self.simulate_oom_tokens:
+            raise torch.OutOfMemoryError(
+                f"simulated out of memory: batch of {tuple(batch.input_ids.shape)} = {batch.input_ids.numel()} tokens "
+                f"exceeds the limit of {self.simulate_oom_tokens} (Tried to allocate {batch.input_ids.numel()} tokens)"
+            )
         dev = self.input_device()
         self._set_batch(batch, self.device)
         self.backbone(
@@ -293,22 +302,26 @@ def run_batches(
     """
     splits = []
     t0 = time.perf_counter()
-    cuda = meas.device.type == "cuda"
+    # Snapshots make an interrupted batch undoable; only needed where OOM can happen mid-batch.
+    guard = meas.device.type == "cuda" or meas.simulate_oom_tokens is not None
     for bi in range(start_batch, len(batches)):
         queue = [batches[bi]]
         while queue:
             idx = queue.pop(0)
-            snap = meas.snapshot() if cuda else None
+            snap = meas.snapshot() if guard else None
             try:
                 meas.forward(collate(samples, idx, pad_id))
-            except torch.cuda.OutOfMemoryError as e:
+            except torch.OutOfMemoryError as e:
                 if len(idx) == 1:
+                    need = re.search(r"Tried to allocate ([0-9.]+ ?[KMGT]?i?B|[0-9]+ tokens)", str(e))
                     raise RuntimeError(
-                        f"CUDA out of memory on a single sample of {len(samples[idx[0]])} tokens: {e}. "
-                        "Lower tokenization.max_seq_len, use dtype bf16, or give the job more GPUs (gpus: N)."
+                        f"out of memory on a single sample of {len(samples[idx[0]])} tokens even at batch size 1"
+                        f"{' (it tried to allocate ' + need.group(1) + ')' if need else ''}: {str(e).splitlines()[0]}. "
+                        "Lower tokenization.max_seq_len, use bfloat16, or give the checkpoint more GPUs (gpus: N)."
                     ) from e
                 meas.restore(snap)
-                torch.cuda.empty_cache()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 half = len(idx) // 2
                 log.warning("CUDA OOM on a batch of %d samples: retrying as %d + %d", len(idx), half, len(idx) - half)
                 splits.append({"batch": bi, "size": len(idx)})

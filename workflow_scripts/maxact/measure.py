@@ -33,6 +33,8 @@ DEFAULT_SETTINGS = {
     "force_dtype": False,
     "checkpoint_every": 0,
     "device_map": None,
+    "topk": 100,
+    "simulate_oom_tokens": None,  # tests: pretend batches above this many tokens run out of memory
 }
 
 
@@ -71,6 +73,14 @@ def measure_checkpoint(
         tokens = tokens.iloc[: int(s["max_samples"])]
     if len(tokens) == 0:
         raise ValueError("the tokenized corpus is empty: nothing to measure. Check corpus.max_samples and the corpus source.")
+    # Checked from the prepared manifest, before the model is loaded or any GPU work starts.
+    ctx = prepared.get("max_position_embeddings")
+    too_long = int(tokens["n_tokens"].max())
+    if ctx and too_long > ctx:
+        raise ValueError(
+            f"checkpoint {prepared['name']!r}: a sample has {too_long} tokens but the model's context is {ctx}; "
+            f"lower tokenization.max_seq_len to at most {ctx}."
+        )
     t_load = time.perf_counter()
     device_map = s.get("device_map") or (None if device.type == "cpu" else {"": device.index or 0})
     model, fam = load_model(prepared, dtype, device_map=device_map, attn_implementation=s.get("attn_implementation"))
@@ -84,20 +94,14 @@ def measure_checkpoint(
             f"checkpoint {prepared['name']!r}: its tokenizer ({fp[:12]}) differs from the one that tokenized its group "
             f"({token_meta['tokenizer_sha256'][:12]}); give it its own tokenizer_group in the config."
         )
-    ctx = _context_length(model)
-    too_long = int(tokens["n_tokens"].max())
-    if ctx and too_long > ctx:
-        raise ValueError(
-            f"checkpoint {prepared['name']!r}: a sample has {too_long} tokens but the model's context is {ctx}; "
-            f"lower tokenization.max_seq_len to at most {ctx}."
-        )
     load_seconds = time.perf_counter() - t_load
 
     samples = [list(map(int, x)) for x in tokens["input_ids"]]
     sample_ids = list(tokens["sample_id"])
     lengths = [len(x) for x in samples]
     batches = make_batches(lengths, int(s["batch_size"]), s.get("max_batch_tokens"))
-    meas = Measurement(model, len(samples), device)
+    meas = Measurement(model, len(samples), device, topk=int(s.get("topk") or 100))
+    meas.simulate_oom_tokens = s.get("simulate_oom_tokens")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     state_path = out_dir / "partial_state.pt"
@@ -171,11 +175,6 @@ def measure_checkpoint(
     if state_path.exists():
         os.unlink(state_path)
     return result
-
-
-def _context_length(model) -> int | None:
-    cfg = getattr(model.config, "text_config", None) or model.config
-    return getattr(cfg, "max_position_embeddings", None)
 
 
 def load_prepared(path) -> dict:

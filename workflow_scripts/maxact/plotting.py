@@ -123,3 +123,39 @@ def int8_vs_peak(int8: pd.DataFrame, out_dir: Path) -> list[str]:
     ax.set_ylabel("INT-8 SQNR at the peak layer (dB)")
     ax.set_title("Per-tensor INT-8 error grows with the peak")
     return _save(fig, out_dir, "int8_sqnr_vs_peak")
+
+
+def saturation_curves(sat: pd.DataFrame, out_dir: Path) -> list[str]:
+    """Global max against corpus size (median of category-proportional subsets, 5-95% band)."""
+    _style()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, g in sat.groupby("checkpoint"):
+        line, = ax.plot(g["n_samples"], g["median_max"], marker="o", ms=3, label=name)
+        ax.fill_between(g["n_samples"], g["q05"], g["q95"], color=line.get_color(), alpha=0.2)
+        ax.axhline(g["full_max"].iloc[-1], color=line.get_color(), ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("samples in the subset (log scale)")
+    ax.set_ylabel("global max |activation| (log scale)")
+    ax.set_title("Saturation: does the maximum plateau with corpus size?")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "saturation")
+
+
+def bootstrap_stability(boot: pd.DataFrame, out_dir: Path) -> list[str]:
+    """Mean subset maximum relative to the full corpus, with the spread over seeds."""
+    _style()
+    d = boot.copy()
+    d["rel_mean"] = d["mean_max"] / d["full_max"]
+    d["rel_lo"] = d["min_max"] / d["full_max"]
+    d["rel_hi"] = d["max_max"] / d["full_max"]
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for i, (name, g) in enumerate(d.groupby("checkpoint")):
+        x = np.arange(len(g)) + i * 0.15
+        ax.errorbar(x, g["rel_mean"], yerr=[g["rel_mean"] - g["rel_lo"], g["rel_hi"] - g["rel_mean"]], fmt="o", capsize=3, label=name)
+        ax.set_xticks(np.arange(len(g)), [f"n={n}" for n in g["subset_size"]])
+    ax.axhline(1.0, color="grey", ls=":")
+    ax.set_ylabel("subset max / full-corpus max")
+    ax.set_title("Bootstrap stability of the global max")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "bootstrap")

@@ -111,6 +111,14 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str, config: dict) -
     fig(plotting.component_depth_heatmap(lt, fig_dir), "Median over checkpoints of log10 max|a| per component and relative-depth bin: where peaks sit.")
     fig(plotting.int8_vs_peak(it, fig_dir), "Per-tensor INT-8 SQNR at the peak layer against the checkpoint's peak (log axis), per threshold policy.")
 
+    boot = pd.read_csv(inputs["bootstrap"]) if Path(inputs["bootstrap"]).stat().st_size > 1 else pd.DataFrame()
+    sat = pd.read_csv(inputs["saturation"]) if Path(inputs["saturation"]).stat().st_size > 1 else pd.DataFrame()
+    verdicts = read_json(inputs["verdicts"])
+    if len(sat):
+        fig(plotting.saturation_curves(sat, fig_dir), "Saturation: median global max over category-proportional subsets against subset size, 5-95% band; dotted: full corpus. Exact from per-sample maxima (no re-measurement).")
+    if len(boot):
+        fig(plotting.bootstrap_stability(boot, fig_dir), "Bootstrap: subset maxima relative to the full-corpus maximum (mean and range over seeds).")
+
     tables = []
     gcols = [c for c in ["name", "source", "family", "role", "params_b", "global_max", "global_max_abs", "component", "layer", "relative_depth"] if c in gt]
     tables.append(write_table(gt.sort_values(["source", "family", "name"])[gcols], tab_dir, "global_max", "Global maximum activation per checkpoint"))
@@ -120,6 +128,11 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str, config: dict) -
                   "token_id": (s.get("peak") or {}).get("token_id"), "token": repr((s.get("peak") or {}).get("token")),
                   "channel": (s.get("peak") or {}).get("channel")} for s in stats]
     tables.append(write_table(pd.DataFrame(peak_rows), tab_dir, "peak_provenance", "Where each measured peak sits: sample, token position, token and channel"))
+    if len(boot):
+        tables.append(write_table(boot, tab_dir, "bootstrap", "Bootstrap stability of the global max (category-proportional subsets)"))
+    if verdicts:
+        vt = pd.DataFrame([{"checkpoint": k, **v} for k, v in verdicts.items()])
+        tables.append(write_table(vt, tab_dir, "saturation_verdict", "Has the global max plateaued? (median over half the corpus within 5% of the full maximum)"))
     cmp_path = Path(inputs["comparison"])
     cmp = pd.read_csv(cmp_path) if cmp_path.stat().st_size > 1 else pd.DataFrame()
     if len(cmp):
