@@ -93,3 +93,7 @@ def per_sample_tables(wildcards=None):
 
 def measured_tokens(wildcards=None):
     return [f"{RESULTS}/tokens/{tokenizer_group(config, c)}/tokens.parquet" for c in CHECKPOINTS]
+
+
+def probe_results(wildcards=None):
+    return expand(f"{RESULTS}/probes/{{ckpt}}/probes.json", ckpt=CHECKPOINTS)

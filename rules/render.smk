@@ -8,6 +8,7 @@ rule render:
         int8_table=rules.aggregate.output.int8_table,
         stats=measured_results,
         int8=int8_results,
+        probes=probe_results,
         corpus_manifest=rules.corpus.output.manifest,
         bootstrap=rules.supplementary.output.bootstrap,
         saturation=rules.supplementary.output.saturation,

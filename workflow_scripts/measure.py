@@ -11,7 +11,7 @@ with rule_logging(snakemake) as log:
     tokens, token_meta = read_tokens(snakemake.input.tokens, expect_corpus_sha=corpus_manifest["sha256"])
     # Runtime settings come from the config's `runtime` block (set by a profile); they are not params,
     # so changing the device or batch size reruns nothing.
-    settings = {**snakemake.config.get("runtime", {}), **dict(snakemake.params.measure)}
+    settings = {**snakemake.config.get("runtime", {}), **dict(snakemake.params.measure), "gpus": snakemake.resources.gpu}
     result = measure_checkpoint(
         read_json(snakemake.input.prepared), tokens, token_meta, Path(snakemake.output.stats).parent,
         settings=settings, meta=dict(snakemake.params.meta), corpus_sha256=corpus_manifest["sha256"],

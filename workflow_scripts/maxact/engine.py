@@ -101,20 +101,31 @@ class Measurement:
         self._packed_info: TokenInfo | None = None
         self._packed_rows: torch.Tensor | None = None
         self._batch_shape: tuple[int, int] | None = None
+        self._moved: dict = {}
         self._register()
 
     # ----------------------------------------------------------- registration
-    def _stats(self, name: str) -> PointStats:
+    def _stats(self, name: str, device=None) -> PointStats:
         ps = self.points.get(name)
         if ps is None:
             full = self.full_kinds is None or kind_of(name) in self.full_kinds
-            ps = self.points[name] = PointStats(name, self.n_samples, self.device, full=full, topk=self.topk)
+            ps = self.points[name] = PointStats(name, self.n_samples, device or self.device, full=full, topk=self.topk)
         return ps
 
     def _record(self, name: str, x: torch.Tensor, info: TokenInfo | None = None) -> None:
         if info is None:
             info = self._info_for(x)
-        self._stats(name).update(x, info)
+        # A model split over GPUs (device_map) keeps each point's statistics on its layer's GPU.
+        self._stats(name, x.device).update(x, self._on(info, x.device))
+
+    def _on(self, info: TokenInfo, device: torch.device) -> TokenInfo:
+        if info.valid.device == device:
+            return info
+        key = (id(info), device)
+        cached = self._moved.get(key)
+        if cached is None:
+            cached = self._moved[key] = TokenInfo(*(t.to(device, non_blocking=True) for t in (info.valid, info.sample, info.position, info.token_id)))
+        return cached
 
     def _info_for(self, x: torch.Tensor) -> TokenInfo:
         """Token facts for an activation by its row count: full batch, packed real tokens, or unknown rows."""
@@ -178,7 +189,7 @@ class Measurement:
             # Feed the block only real tokens so that routers and experts never see padding.
             hs = args[0] if args else kwargs.pop("hidden_states")
             c = hs.shape[-1]
-            packed = hs.reshape(-1, c).index_select(0, self._packed_rows).unsqueeze(0)
+            packed = hs.reshape(-1, c).index_select(0, self._rows_on(hs.device)).unsqueeze(0)
             return (packed, *args[1:]), kwargs
 
         def unpack(m, inp, out):
@@ -188,7 +199,7 @@ class Measurement:
                 self._record(f"layer_{i}_router_logits", out[spec.router_logits_from_block], self._packed_info)
             b, t = self._batch_shape
             c = main.shape[-1]
-            full = main.new_zeros((b * t, c)).index_copy_(0, self._packed_rows, main.reshape(-1, c))
+            full = main.new_zeros((b * t, c)).index_copy_(0, self._rows_on(main.device), main.reshape(-1, c))
             full = full.reshape(b, t, c)
             if isinstance(out, tuple):
                 return (full, *out[1:])
@@ -207,6 +218,7 @@ class Measurement:
                 counts = self.expert_counts.get(i)
                 if counts is None:
                     counts = self.expert_counts[i] = torch.zeros(lp.num_experts, dtype=torch.long, device=idx.device)
+                counts = self.expert_counts[i] = counts.to(idx.device)
                 counts.index_add_(0, idx, torch.ones_like(idx))
 
         self._hook(lp.moe_block, pack, pre=True)
@@ -219,6 +231,15 @@ class Measurement:
 
             self._hook(lp.expert_act, act_pre, pre=True)
 
+    def _rows_on(self, device) -> torch.Tensor:
+        rows = self._packed_rows
+        if rows.device == device:
+            return rows
+        key = ("rows", device)
+        if key not in self._moved:
+            self._moved[key] = rows.to(device)
+        return self._moved[key]
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
@@ -228,6 +249,7 @@ class Measurement:
     def _set_batch(self, batch: Batch, device) -> None:
         b, t = batch.input_ids.shape
         self._batch_shape = (b, t)
+        self._moved = {}
         mask = batch.attention_mask.to(device).bool()
         ids = batch.input_ids.to(device)
         sample = batch.sample_index.to(device)[:, None].expand(b, t).reshape(-1)
@@ -283,7 +305,9 @@ class Measurement:
             if k not in keep:
                 del self.points[k]
         for k, st in state["points"].items():
-            self._stats(k).load_state_dict(st)
+            dev = st["count"].device if "count" in st else self.device
+            ps = self.points.get(k) or self._stats(k, dev)
+            ps.load_state_dict(st)
         self.expert_counts = {int(k): v.to(self.device) for k, v in state["expert_counts"].items()}
 
 

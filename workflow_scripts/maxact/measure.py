@@ -46,6 +46,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _device_map(s: dict, device: torch.device):
+    """One GPU holds the model unless the checkpoint asks for more (gpus: N): then split it over them."""
+    if s.get("device_map"):
+        return s["device_map"]
+    if device.type == "cpu":
+        return None
+    if int(s.get("gpus") or 1) > 1 and torch.cuda.device_count() > 1:
+        return "auto"
+    return {"": device.index or 0}
+
+
 def layer_table(name: str, per_layer: dict) -> pd.DataFrame:
     rows = []
     for comp, st in per_layer.items():
@@ -82,8 +93,7 @@ def measure_checkpoint(
             f"lower tokenization.max_seq_len to at most {ctx}."
         )
     t_load = time.perf_counter()
-    device_map = s.get("device_map") or (None if device.type == "cpu" else {"": device.index or 0})
-    model, fam = load_model(prepared, dtype, device_map=device_map, attn_implementation=s.get("attn_implementation"))
+    model, fam = load_model(prepared, dtype, device_map=_device_map(s, device), attn_implementation=s.get("attn_implementation"))
     check_dtype(fam, dtype, force=bool(s.get("force_dtype")))
     if device.type == "cpu":
         model.to(device)
@@ -190,8 +200,7 @@ def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings
     s = {**DEFAULT_SETTINGS, **(settings or {})}
     device = resolve_device(s["device"])
     dtype = resolve_dtype(s["dtype"], device)
-    device_map = s.get("device_map") or (None if device.type == "cpu" else {"": device.index or 0})
-    model, fam = load_model(prepared, dtype, device_map=device_map, attn_implementation=s.get("attn_implementation"))
+    model, fam = load_model(prepared, dtype, device_map=_device_map(s, device), attn_implementation=s.get("attn_implementation"))
     backbone = resolve_backbone(model, fam)
     layers = layer_points(backbone, fam)
     peak = result.get("peak") or {}
@@ -235,5 +244,38 @@ def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings
             "environment": provenance.environment(),
             "timestamp": provenance.timestamp(),
         },
+    )
+    return out
+
+
+def probe_checkpoint(prepared: dict, corpus_result: dict, settings: dict | None = None, max_len: int = 512,
+                     longest_len: int | None = None, seed: int = 0) -> dict:
+    """Measure the targeted probe sets (maxact.probes) with the same hooks, each set apart."""
+    from .probes import make_probes, probe_summary
+
+    s = {**DEFAULT_SETTINGS, **(settings or {})}
+    device = resolve_device(s["device"])
+    dtype = resolve_dtype(s["dtype"], device)
+    ctx = prepared.get("max_position_embeddings") or max_len
+    longest = min(int(longest_len or ctx), int(ctx))
+    model, fam = load_model(prepared, dtype, device_map=_device_map(s, device), attn_implementation=s.get("attn_implementation"))
+    check_dtype(fam, dtype, force=bool(s.get("force_dtype")))
+    tok = load_tokenizer(prepared)
+    sets = make_probes(tok, min(max_len, ctx), longest, seed=seed)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    per_set = {}
+    for name, seqs in sets.items():
+        meas = Measurement(model, len(seqs), device, topk=10)
+        lengths = [len(x) for x in seqs]
+        run_batches(meas, seqs, make_batches(lengths, int(s["batch_size"]), s.get("max_batch_tokens")), pad_id)
+        r = assemble_result(meas, [f"{name}-{i}" for i in range(len(seqs))], decode=lambda i: tok.decode([i]))
+        meas.remove()
+        per_set[name] = {k: r[k] for k in ("global_max_activation", "global_max_location", "peak")}
+        per_set[name].update(num_samples=len(seqs), num_tokens=sum(lengths))
+    out = probe_summary(per_set, corpus_result)
+    out.update(
+        checkpoint=prepared["name"],
+        settings={"max_len": max_len, "longest_len": longest, "seed": seed, "device": str(device), "dtype": str(dtype).replace("torch.", "")},
+        provenance={"model_id": prepared.get("model_id"), "environment": provenance.environment(), "timestamp": provenance.timestamp()},
     )
     return out

@@ -129,6 +129,9 @@ class PointStats:
     # ------------------------------------------------------------------ update
     @torch.no_grad()
     def update(self, x: torch.Tensor, info: TokenInfo) -> None:
+        if x.device != self.device:  # e.g. state restored onto another GPU than this layer's
+            self.device = x.device
+            self.load_state_dict(self.state_dict())
         c = x.shape[-1]
         x = x.reshape(-1, c)
         n = x.shape[0]

@@ -133,6 +133,18 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str, config: dict) -
     if verdicts:
         vt = pd.DataFrame([{"checkpoint": k, **v} for k, v in verdicts.items()])
         tables.append(write_table(vt, tab_dir, "saturation_verdict", "Has the global max plateaued? (median over half the corpus within 5% of the full maximum)"))
+    probe_rows = []
+    for p in _as_list(inputs.get("probes", [])):
+        pr = read_json(p)
+        if "sets" not in pr:
+            continue
+        for set_name, v in pr["sets"].items():
+            probe_rows.append({"checkpoint": pr["checkpoint"], "probe_set": set_name, "probe_max": v["global_max"],
+                               "corpus_max": pr["corpus_global_max"], "ratio_to_corpus": v["ratio_to_corpus"],
+                               "location": v["location"], "peak_token": repr(v["peak_token"]), "verdict": pr["verdict"]})
+    if probe_rows:
+        tables.append(write_table(pd.DataFrame(probe_rows), tab_dir, "probes",
+                                  "Targeted probes vs the corpus: does any probe elicit a larger peak? (ratio > 1 = yes)"))
     cmp_path = Path(inputs["comparison"])
     cmp = pd.read_csv(cmp_path) if cmp_path.stat().st_size > 1 else pd.DataFrame()
     if len(cmp):

@@ -1,0 +1,15 @@
+"""Rule probes: measure the targeted probe sets and compare them with the corpus maximum."""
+from maxact.io import read_json, write_json
+from maxact.measure import probe_checkpoint
+from maxact.rulelog import rule_logging
+
+with rule_logging(snakemake) as log:
+    p = dict(snakemake.params.probes)
+    if p["enabled"]:
+        out = probe_checkpoint(read_json(snakemake.input.prepared), read_json(snakemake.input.stats),
+                               settings=snakemake.config.get("runtime", {}), max_len=p["max_len"],
+                               longest_len=p["longest_len"], seed=p["seed"])
+    else:
+        out = {"checkpoint": snakemake.wildcards.ckpt, "skipped": "probes.enabled is false"}
+    log.info("%s", out.get("verdict", out))
+    write_json(snakemake.output.result, out)
