@@ -148,3 +148,11 @@ def test_default_config_plans_every_stage(tmp_path):
     jobs = planned(p.stdout)
     for rule in ("corpus", "prepare_checkpoint", "tokenize", "measure", "int8_check", "aggregate", "render"):
         assert jobs.get(rule), rule
+
+
+def test_paper_config_plans_27_gpu_measurements(tmp_path):
+    p = snakemake(tmp_path, "-n", "--printshellcmds", configfile=REPO / "config" / "paper.yaml")
+    jobs = planned(p.stdout)
+    assert jobs.get("measure") == 27
+    blocks = [b for b in re.split(r"\n(?=(?:local)?rule )", p.stdout) if b.startswith("rule measure:")]
+    assert len(blocks) == 27 and all("gpu=" in b for b in blocks)

@@ -159,3 +159,40 @@ def bootstrap_stability(boot: pd.DataFrame, out_dir: Path) -> list[str]:
     ax.set_title("Bootstrap stability of the global max")
     ax.legend(fontsize=8)
     return _save(fig, out_dir, "bootstrap")
+
+
+def matched_pairs(claims: dict, out_dir: Path) -> list[str] | None:
+    """Global max of each matched dense/MoE pair, with the dense/MoE ratio."""
+    pairs = [p for p in claims.get("matched_pairs", []) if p.get("ratio")]
+    if not pairs:
+        return None
+    _style()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for i, p in enumerate(pairs):
+        ax.bar(i - 0.18, p["dense_max"], width=0.34, color="#4477aa", label="dense" if i == 0 else None)
+        ax.bar(i + 0.18, p["moe_max"], width=0.34, color="#ee6677", label="MoE" if i == 0 else None)
+        ax.text(i, p["dense_max"] * 1.3, f"{p['ratio']:.1f}x", ha="center", fontsize=9)
+    ax.set_xticks(range(len(pairs)), [f"{p['dense']}\nvs {p['moe']}" for p in pairs], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("global max |activation| (log)")
+    ax.set_title("Matched dense vs MoE checkpoints")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "matched_pairs")
+
+
+def training_trajectory(claims: dict, out_dir: Path) -> list[str] | None:
+    """Global max over training tokens for checkpoint series (e.g. Ling-mini 5T -> 20T)."""
+    traj = claims.get("training_trajectory") or {}
+    if not traj:
+        return None
+    _style()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for prefix, t in traj.items():
+        xs = [s["tokens_t"] for s in t["stages"]]
+        ys = [s["global_max_abs"] for s in t["stages"]]
+        ax.plot(xs, ys, marker="o", label=f"{prefix} ({t['direction']})")
+    ax.set_xlabel("training tokens (T)")
+    ax.set_ylabel("global max |activation|")
+    ax.set_title("Maximum activation over training")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "training_trajectory")

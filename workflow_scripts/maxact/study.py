@@ -111,6 +111,11 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str, config: dict) -
     fig(plotting.component_depth_heatmap(lt, fig_dir), "Median over checkpoints of log10 max|a| per component and relative-depth bin: where peaks sit.")
     fig(plotting.int8_vs_peak(it, fig_dir), "Per-tensor INT-8 SQNR at the peak layer against the checkpoint's peak (log axis), per threshold policy.")
 
+    for fn, caption in ((plotting.matched_pairs, "Matched dense/MoE pairs: global max of each, with the dense/MoE ratio (log axis)."),
+                        (plotting.training_trajectory, "Global max over training tokens for intermediate checkpoints (Ling-mini 5T to 20T).")):
+        paths = fn(claims, fig_dir)
+        if paths:
+            fig(paths, caption)
     boot = pd.read_csv(inputs["bootstrap"]) if Path(inputs["bootstrap"]).stat().st_size > 1 else pd.DataFrame()
     sat = pd.read_csv(inputs["saturation"]) if Path(inputs["saturation"]).stat().st_size > 1 else pd.DataFrame()
     verdicts = read_json(inputs["verdicts"])

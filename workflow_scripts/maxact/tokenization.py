@@ -30,8 +30,8 @@ def tokenizer_fingerprint(tok) -> str:
         h.update(backend.to_str().encode())
     else:  # slow tokenizers: the vocabulary stands in
         h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
-    specials = {k: str(v) for k, v in sorted(tok.special_tokens_map.items())}
-    h.update(json.dumps(specials, sort_keys=True).encode())
+    # Special-token *names* (e.g. an instruct model's eos) are not hashed: with split_special_tokens they
+    # do not change ids; the added-token table and post-processor are in the backend string above.
     h.update(str(getattr(tok, "add_bos_token", None)).encode())
     h.update(str(getattr(tok, "add_eos_token", None)).encode())
     return h.hexdigest()
