@@ -415,11 +415,10 @@ def _layer_of(name: str) -> int | None:
 
 
 def _point_order(meas: Measurement) -> list[str]:
-    def key(n):
-        layer = _layer_of(n)
-        return (-1 if n == "embedding_output" else (10**9 if n == "final_layernorm" else layer), n)
+    # Forward-pass order, so that exact ties resolve to the earliest point as in the published files.
+    from .resultset import forward_order_key
 
-    return sorted(meas.points, key=key)
+    return sorted(meas.points, key=forward_order_key)
 
 
 def _describe(t: dict, sample_ids, decode) -> dict:

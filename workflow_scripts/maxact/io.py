@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
     """Run ``writer(tmp_path)`` on a temp file beside ``path`` then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
     try:
         writer(tmp)
         os.replace(tmp, path)

@@ -85,8 +85,8 @@ def parse_location(location: str | None) -> tuple[str | None, str | None]:
 
 
 #: Order of the points inside one layer in the forward pass (ties are broken by this order).
-_FORWARD_ORDER = {"attn_residual_in": 0, "attn": 1, "mlp_residual_in": 2, "moe_gate": 3, "router_logits": 4,
-                  "mlp_gate": 5, "mlp": 6, "hidden": 7, "other": 8}
+_FORWARD_ORDER = {"attn": 0, "attn_residual_in": 1, "moe_gate": 2, "router_logits": 3, "mlp_gate": 4, "mlp": 5,
+                  "mlp_residual_in": 6, "hidden": 7, "other": 8}
 
 
 def forward_order_key(name: str) -> tuple:
@@ -164,7 +164,7 @@ def discover_result_files(dirs: Iterable[str | Path]) -> list[Path]:
         for p in d.rglob("*" + RESULT_FILE):
             if p.is_file() and _is_result_name(p.name) and not any(part.startswith(".") for part in p.relative_to(d).parts):
                 found[str(p.resolve())] = p
-    return sorted(found.values(), key=lambda p: str(p))
+    return sorted(found.values(), key=lambda p: p.parts)
 
 
 def _is_result_name(name: str) -> bool:
