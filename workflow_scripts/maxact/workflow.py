@@ -14,13 +14,14 @@ class ConfigError(ValueError):
 
 def _load_schema(schema_path) -> tuple[dict, object]:
     from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
 
     schema_path = Path(schema_path)
     schema = yaml.safe_load(schema_path.read_text())
 
     def retrieve(uri: str):
         p = schema_path.parent / uri.split("#")[0].replace("file://", "")
-        return Resource.from_contents(yaml.safe_load(p.read_text()))
+        return Resource.from_contents(yaml.safe_load(p.read_text()), default_specification=DRAFT202012)
 
     return schema, Registry(retrieve=retrieve)
 
