@@ -73,15 +73,22 @@ def main(argv=None):
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--max-len", type=int, default=5422)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--full-stats", default="paper", choices=["paper", "all"],
+                    help="points with quantiles + Sun criterion: the published files' set, or every point")
     ap.add_argument("--out", help="write the figures as JSON here")
     a = ap.parse_args(argv)
 
     from maxact.engine import Measurement, assemble_result, collate, make_batches, resolve_dtype, run_batches
+    from maxact.measure import full_kinds
+
+    fk = full_kinds(a.full_stats)
 
     dev = torch.device(a.device)
     dtype = resolve_dtype(a.dtype, dev)
     model = build(a.preset, dtype, dev, a.layers)
-    lengths = [min(L, a.max_len) for L in corpus_like_lengths(a.samples, hi=min(5422, a.max_len), mean=min(3400, 0.63 * a.max_len))]
+    hi = min(5422, a.max_len)
+    lo = min(136, hi // 4)
+    lengths = corpus_like_lengths(a.samples, lo=lo, hi=hi, mean=min(3400, lo + 0.6 * (hi - lo)))
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(1)
     samples = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
@@ -112,13 +119,15 @@ def main(argv=None):
     with torch.no_grad():
         c = collated[-1]
         bb(input_ids=c.input_ids.to(dev), attention_mask=c.attention_mask.to(dev), use_cache=False)
-    warm = Measurement(model, len(samples), dev)
+    warm = Measurement(model, len(samples), dev, full_kinds=fk)
     run_batches(warm, samples, [batches[0], batches[-1]], 0)
     sync(dev)
     warm.remove()
     warmup_s = time.perf_counter() - t0
 
-    res = {"preset": a.preset, "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
+    from maxact import kernels, stats
+
+    res = {"preset": a.preset, "full_stats": a.full_stats, "triton_kernel": bool(stats._TRITON and kernels.TRITON_AVAILABLE), "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "samples": len(samples), "tokens": n_tok, "batches": len(batches), "mean_len": float(np.mean(lengths)),
            "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s, "runs": []}
@@ -126,7 +135,7 @@ def main(argv=None):
         t_bare, m_bare, _ = timed(bare)
 
         def measured():
-            meas = Measurement(model, len(samples), dev)
+            meas = Measurement(model, len(samples), dev, full_kinds=fk)
             run_batches(meas, samples, batches, 0)
             out = assemble_result(meas, [str(i) for i in range(len(samples))], None)  # one host transfer at the end
             meas.remove()

@@ -328,10 +328,14 @@ def run_batches(
     t0 = time.perf_counter()
     # Snapshots make an interrupted batch undoable; only needed where OOM can happen mid-batch.
     guard = meas.device.type == "cuda" or meas.simulate_oom_tokens is not None
+    cap = None  # once a batch had to be halved, later batches start at the size that fitted
     for bi in range(start_batch, len(batches)):
         queue = [batches[bi]]
         while queue:
             idx = queue.pop(0)
+            if cap is not None and len(idx) > cap:
+                queue[:0] = [idx[i : i + cap] for i in range(cap, len(idx), cap)]
+                idx = idx[:cap]
             snap = meas.snapshot() if guard else None
             try:
                 meas.forward(collate(samples, idx, pad_id))
@@ -347,8 +351,9 @@ def run_batches(
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 half = len(idx) // 2
-                log.warning("CUDA OOM on a batch of %d samples: retrying as %d + %d", len(idx), half, len(idx) - half)
-                splits.append({"batch": bi, "size": len(idx)})
+                cap = half
+                log.warning("out of memory on a batch of %d samples: halving the batch to %d and continuing from it", len(idx), half)
+                splits.append({"batch": bi, "size": len(idx), "new_size": half})
                 queue[:0] = [idx[:half], idx[half:]]
                 continue
             if progress:

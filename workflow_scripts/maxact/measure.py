@@ -34,6 +34,7 @@ DEFAULT_SETTINGS = {
     "checkpoint_every": 0,
     "device_map": None,
     "topk": 100,
+    "full_stats": "paper",
     "simulate_oom_tokens": None,  # tests: pretend batches above this many tokens run out of memory
 }
 
@@ -44,6 +45,18 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but no CUDA device is visible; use device: cpu or auto")
     return torch.device(name)
+
+
+PAPER_FULL_KINDS = ("embedding", "hidden", "attn", "mlp", "final_norm")
+
+
+def full_kinds(mode: str):
+    """Points with quantiles and the Sun criterion: the published files' set, or every point (None)."""
+    if mode == "all":
+        return None
+    if mode == "paper":
+        return PAPER_FULL_KINDS
+    raise ValueError(f"measure.full_stats must be 'paper' or 'all', not {mode!r}")
 
 
 def _device_map(s: dict, device: torch.device):
@@ -110,7 +123,7 @@ def measure_checkpoint(
     sample_ids = list(tokens["sample_id"])
     lengths = [len(x) for x in samples]
     batches = make_batches(lengths, int(s["batch_size"]), s.get("max_batch_tokens"))
-    meas = Measurement(model, len(samples), device, topk=int(s.get("topk") or 100))
+    meas = Measurement(model, len(samples), device, topk=int(s.get("topk") or 100), full_kinds=full_kinds(s.get("full_stats", "paper")))
     meas.simulate_oom_tokens = s.get("simulate_oom_tokens")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 

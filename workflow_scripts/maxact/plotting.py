@@ -58,7 +58,7 @@ def global_max_by_family(gt: pd.DataFrame, out_dir: Path) -> list[str]:
     handles += [plt.Line2D([], [], marker=m, ls="", color="grey", label=str(r)) for r, m in ROLE_MARKERS.items() if r and r in set(df.get("role", []))]
     handles += [plt.Line2D([], [], marker="o", ls="", markerfacecolor="grey", markeredgecolor="grey", label="measured here"),
                 plt.Line2D([], [], marker="o", ls="", markerfacecolor="white", markeredgecolor="grey", label="published")]
-    ax.legend(handles=handles, loc="lower right", fontsize=8, frameon=True)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=True)
     return _save(fig, out_dir, "global_max_by_family")
 
 

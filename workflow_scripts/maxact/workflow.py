@@ -52,9 +52,38 @@ def schema_errors(config: dict, schema_path) -> list[str]:
     return msgs
 
 
+def _coerce(value, schema: dict, registry_schema: dict):
+    """Strings from `--config key={...}` (Snakemake parses nested values as strings) to the schema's type."""
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else (types or [])
+    if isinstance(value, str):
+        if "integer" in types and value.lstrip("-").isdigit():
+            return int(value)
+        if "number" in types:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if "boolean" in types and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if "null" in types and value.lower() in ("null", "none", "~"):
+            return None
+        return value
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for k, v in value.items():
+            if k in props:
+                value[k] = _coerce(v, props[k], registry_schema)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_coerce(v, schema["items"], registry_schema) for v in value]
+    return value
+
+
 def validate_config(config: dict, schema_path, semantic: bool = False) -> None:
     """Stop before any job with messages that name the offending key."""
     if not semantic:
+        schema, _ = _load_schema(schema_path)
+        _coerce(config, schema, schema)
         msgs = schema_errors(config, schema_path)
         if msgs:
             raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(msgs))

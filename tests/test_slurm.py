@@ -1,0 +1,272 @@
+"""The tiny study through a real (single-node) Slurm cluster gives the same results as a local run.
+
+Needs the cluster from `.ci/slurm/start.sh` (slurmctld + slurmd on localhost, partition `debug`,
+two device-less "GPUs") and snakemake-executor-plugin-slurm. Skips when `sbatch`/`sinfo` are
+missing or the cluster is not up, unless MAXACT_REQUIRE_SLURM=1 (then it fails). With
+MAXACT_SLURM_START=1 the test starts the cluster itself (root only) and stops it afterwards.
+
+The workflow runs twice from the same Snakefile and config, each in its own working directory:
+  local:  snakemake --cores 2 --resources gpu=1 --configfile config/test.yaml
+  slurm:  snakemake --profile profiles/slurm --profile profiles/slurm-ci --configfile config/test.yaml
+The Slurm run must have sent every non-local job through sbatch (job ids from Snakemake's output,
+checked against slurmctld with `scontrol show job`, GPU rules holding `gres:gpu:N`), and both
+runs must produce the same files, with equal JSON (apart from run-specific keys such as
+timestamps, durations and host names) and equal Parquet tables.
+
+MAXACT_SLURM_TEST_WORKFLOW=<dir> runs another workflow instead (a directory holding a Snakefile
+and config/test.yaml), for trying the Slurm setup on a throwaway workflow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW = Path(os.environ.get("MAXACT_SLURM_TEST_WORKFLOW") or REPO).resolve()
+SNAKEFILE = WORKFLOW / "Snakefile"
+TEST_CONFIG = WORKFLOW / "config" / "test.yaml"
+PROFILE = REPO / "profiles" / "slurm"
+CI_PROFILE = REPO / "profiles" / "slurm-ci"
+PARTITION = "debug"  # the CI cluster's partition, as set in profiles/slurm-ci
+RUN_TIMEOUT = 1500  # seconds per Snakemake run
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(2 * RUN_TIMEOUT + 300)]
+
+# JSON keys (and Parquet columns) whose values legitimately differ between two runs of the same
+# job: timestamps, durations (`duration*`, `wall*`, `elapsed*`, `seconds`, `*_seconds`), host
+# names, `run_*` ids.
+VOLATILE_KEY = re.compile(r"(^|_)(timestamp|created|hostname|duration|wall|elapsed)|^run_|(^|_)seconds$", re.I)
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*?)\)\.?$", re.M)
+
+
+# --------------------------------------------------------------------------- cluster availability
+
+
+def _cluster_problem() -> str | None:
+    """Why the CI cluster can't be used, or None when it can."""
+    for tool in ("sbatch", "sinfo", "squeue", "scontrol"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not on PATH (no Slurm client; run .ci/slurm/start.sh as root)"
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        return "snakemake-executor-plugin-slurm is not installed"
+    try:
+        p = subprocess.run(["sinfo", "-h", "-p", PARTITION, "-o", "%T"], capture_output=True,
+                           text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "`sinfo` timed out (slurmctld not answering)"
+    if p.returncode != 0:
+        return f"the Slurm cluster is not up (`sinfo` failed: {p.stderr.strip()}); run .ci/slurm/start.sh"
+    states = set(p.stdout.split())
+    if not states:
+        return f"the Slurm cluster has no partition `{PARTITION}` (not the .ci/slurm/start.sh cluster)"
+    if not states & {"idle", "mixed", "allocated", "completing"}:
+        return f"no usable node in partition `{PARTITION}` (states: {', '.join(sorted(states))})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = False
+    problem = _cluster_problem()
+    if problem and os.environ.get("MAXACT_SLURM_START") == "1":
+        subprocess.run([str(REPO / ".ci" / "slurm" / "start.sh")], check=True, timeout=600)
+        started = True
+        problem = _cluster_problem()
+    if problem:
+        if os.environ.get("MAXACT_REQUIRE_SLURM") == "1":
+            pytest.fail(f"MAXACT_REQUIRE_SLURM=1 but {problem}")
+        pytest.skip(problem)
+    yield
+    if started:
+        subprocess.run([str(REPO / ".ci" / "slurm" / "stop.sh")], timeout=120)
+
+
+# --------------------------------------------------------------------------- the two runs
+
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
+           "--configfile", str(TEST_CONFIG),
+           # relative to the working directory, so that paths written into results are equal
+           "--config", "results_dir=results", "reports_dir=results/reports", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=REPO, env=env)
+    (workdir / "snakemake.out").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+    if p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}\nfailed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-8000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory):
+    base = tmp_path_factory.mktemp("slurm_vs_local")
+    local, slurm = base / "local", base / "slurm"
+    local.mkdir()
+    slurm.mkdir()
+    p_local = _snakemake(local, "--cores", "2", "--resources", "gpu=1", "--workflow-profile", "none")
+    p_slurm = _snakemake(slurm, "--profile", str(PROFILE), "--profile", str(CI_PROFILE),
+                         "--workflow-profile", "none")
+    return {"local": (local, p_local), "slurm": (slurm, p_slurm)}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _job_blocks(output: str) -> list[tuple[str, bool, dict[str, str]]]:
+    """(rule, is_local, resources) for every job Snakemake announced in its log."""
+    out = []
+    for block in re.split(r"\n(?=(?:local)?rule \S+:)", "\n" + output):
+        m = re.match(r"(local)?rule (\S+):", block)
+        if not m:
+            continue
+        res = {}
+        r = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if r:
+            for item in r.group(1).split(", "):
+                k, _, v = item.partition("=")
+                res[k.strip()] = v.strip()
+        out.append((m.group(2), bool(m.group(1)), res))
+    return out
+
+
+def _rule_of(log: str) -> str:
+    """Rule name from the plugin's log path: <slurm logdir>/rule_<rule>/[<wildcards>/]<jobid>.log."""
+    parts = Path(log).parts
+    below = parts[parts.index("slurm_logs") + 1:] if "slurm_logs" in parts else parts[-2:]
+    return below[0].removeprefix("rule_")
+
+
+def _scontrol_job(jobid: str) -> dict[str, str]:
+    p = subprocess.run(["scontrol", "show", "job", "-o", jobid], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, f"slurmctld does not know job {jobid}: {p.stderr}"
+    return dict(re.findall(r"(\S+?)=(\S*)", p.stdout))
+
+
+def _clean(obj, roots: list[str]):
+    """Drop volatile keys recursively; replace each run's own directory in strings by <WD>."""
+    if isinstance(obj, dict):
+        return {k: _clean(v, roots) for k, v in obj.items() if not VOLATILE_KEY.search(str(k))}
+    if isinstance(obj, list):
+        return [_clean(v, roots) for v in obj]
+    if isinstance(obj, str):
+        for r in roots:
+            obj = obj.replace(r, "<WD>")
+        return obj
+    return obj
+
+
+def _diff(a, b, path="$") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                out.append(f"{path}.{k}: only in {'slurm' if k in b else 'local'} run")
+            else:
+                out += _diff(a[k], b[k], f"{path}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} vs {len(b)} items"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, (int, float)):
+        if math.isnan(a) and math.isnan(b) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+            return []
+        return [f"{path}: {a!r} (local) != {b!r} (slurm)"]
+    return [] if a == b else [f"{path}: {a!r} (local) != {b!r} (slurm)"]
+
+
+def _clean_frame(df, roots: list[str]):
+    import pandas as pd
+
+    df = df.drop(columns=[c for c in df.columns if VOLATILE_KEY.search(str(c))])
+    for c in df.columns:
+        if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
+            df[c] = df[c].map(lambda v: _clean(v, roots))
+    return df
+
+
+def _result_files(results: Path) -> set[str]:
+    return {str(p.relative_to(results)) for p in results.rglob("*") if p.is_file()}
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_every_remote_job_went_through_sbatch(runs):
+    wd, p = runs["slurm"]
+    out = p.stdout + p.stderr
+    jobs = _job_blocks(out)
+    remote = [(rule, res) for rule, is_local, res in jobs if not is_local]
+    submitted = SUBMITTED.findall(out)
+    assert remote, f"no remote jobs in the Slurm run's log:\n{out[-3000:]}"
+    assert len(submitted) == len(remote), (
+        f"{len(remote)} remote jobs but {len(submitted)} sbatch submissions:\n{out[-3000:]}")
+    submitted_rules = sorted(_rule_of(log) for _, _, log in submitted)
+    assert submitted_rules == sorted(rule for rule, _ in remote)
+
+    gpus_by_rule: dict[str, set[str]] = {}
+    for rule, res in remote:
+        gpus_by_rule.setdefault(rule, set()).add(res.get("gpu", "0"))
+    for _, slurm_id, log in submitted:
+        info = _scontrol_job(slurm_id)
+        rule = _rule_of(log)
+        assert info.get("JobState") == "COMPLETED", (slurm_id, info.get("JobState"))
+        assert info.get("Partition") == PARTITION
+        assert Path(info["WorkDir"]).resolve() == wd.resolve()
+        assert Path(log).is_file(), f"Slurm log {log} missing"
+        wanted = gpus_by_rule[rule] - {"0"}
+        tres = info.get("TresPerJob", "") + info.get("TresPerNode", "")
+        if wanted:
+            got = re.search(r"gres:gpu:(\d+)", tres)
+            assert got and got.group(1) in wanted, f"job {slurm_id} ({rule}) wanted gpu={wanted}, Slurm has {tres!r}"
+        else:
+            assert "gpu" not in tres, f"CPU job {slurm_id} ({rule}) got a GPU: {tres!r}"
+
+
+def test_gpu_rules_asked_slurm_for_gpus(runs):
+    """The rules' portable `resources: gpu=N` reaches Slurm without any GPU setting in the profile."""
+    _, p = runs["slurm"]
+    gpu_jobs = [rule for rule, is_local, res in _job_blocks(p.stdout + p.stderr)
+                if not is_local and int(res.get("gpu", "0") or 0) > 0]
+    assert gpu_jobs, "the workflow declared no GPU jobs (resources: gpu=N)"
+
+
+def test_slurm_results_equal_local_results(runs):
+    (lwd, _), (swd, _) = runs["local"], runs["slurm"]
+    lres, sres = lwd / "results", swd / "results"
+    lfiles, sfiles = _result_files(lres), _result_files(sres)
+    assert lfiles, "the local run produced no results"
+    assert lfiles == sfiles, f"only local: {sorted(lfiles - sfiles)}; only slurm: {sorted(sfiles - lfiles)}"
+
+    roots = [str(lwd), str(swd), str(lwd.resolve()), str(swd.resolve())]
+    json_files = sorted(f for f in lfiles if f.endswith(".json"))
+    parquet_files = sorted(f for f in lfiles if f.endswith(".parquet"))
+    assert json_files or parquet_files, f"no JSON or Parquet results among {sorted(lfiles)[:20]}"
+    problems = []
+    for f in json_files:
+        a = _clean(json.loads((lres / f).read_text()), roots)
+        b = _clean(json.loads((sres / f).read_text()), roots)
+        problems += [f"{f}: {d}" for d in _diff(a, b)[:10]]
+
+    import pandas as pd
+
+    for f in parquet_files:
+        a, b = pd.read_parquet(lres / f), pd.read_parquet(sres / f)
+        # Volatile columns (same rule as JSON keys) go; each run's own directory becomes <WD>.
+        a, b = (_clean_frame(df, roots) for df in (a, b))
+        try:
+            pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12)
+        except AssertionError as e:
+            problems.append(f"{f}: {str(e)[:1500]}")
+    assert not problems, "Slurm results differ from local results:\n" + "\n".join(problems[:40])
