@@ -15,9 +15,25 @@ rule render:
         verdicts=rules.supplementary.output.verdicts,
         template=f"{workflow.basedir}/reports/templates/report.html.j2",
     output:
-        report=f"{REPORTS}/report.html",
-        figures=directory(f"{REPORTS}/figures"),
-        tables=directory(f"{REPORTS}/tables"),
+        report=report(f"{REPORTS}/report.html", caption="../reports/captions/report.rst", category="Report"),
+        figures=report(
+            directory(f"{REPORTS}/figures"),
+            patterns=["{name}.png"],
+            caption="../reports/captions/figures.rst",
+            category="Figures",
+        ),
+        tables=report(
+            directory(f"{REPORTS}/tables"),
+            patterns=["{name}.csv"],
+            caption="../reports/captions/tables.rst",
+            category="Tables",
+        ),
+        cards=report(
+            directory(f"{REPORTS}/cards"),
+            patterns=["{name}.md"],
+            caption="../reports/captions/cards.rst",
+            category="Activation cards",
+        ),
     params:
         study=config["study_name"],
         config=config,

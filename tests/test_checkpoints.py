@@ -152,3 +152,16 @@ def test_gemma_special_token_policy():
     assert list(own[0][1:]) == list(none[0])[: len(own[0]) - 1]
     # split_special_tokens: a literal "<bos>" in the text is text, not the BOS id.
     assert tok.bos_token_id not in list(none[1])
+
+
+def test_unregistered_architecture_stops_at_prepare(tmp_path):
+    from transformers import BertConfig
+
+    from maxact.architectures import UnsupportedArchitectureError
+
+    d = tmp_path / "bert"
+    d.mkdir()
+    BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(d)
+    (d / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UnsupportedArchitectureError, match="Supported:.*llama"):
+        prepare_checkpoint({"name": "bert", "source": "local", "path": str(d)}, tmp_path)

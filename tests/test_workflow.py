@@ -156,3 +156,33 @@ def test_paper_config_plans_27_gpu_measurements(tmp_path):
     assert jobs.get("measure") == 27
     blocks = [b for b in re.split(r"\n(?=(?:local)?rule )", p.stdout) if b.startswith("rule measure:")]
     assert len(blocks) == 27 and all("gpu=" in b for b in blocks)
+
+
+@pytest.mark.slow
+def test_snakemake_report_with_captions_and_cards(study, tmp_path):
+    wd, _ = study
+    out = tmp_path / "report.zip"
+    snakemake(wd, "--report", str(out))
+    import zipfile
+
+    names = zipfile.ZipFile(out).namelist()
+    assert any(n.endswith("global_max_by_family.png") for n in names)
+    assert any("activation_card" in n for n in names)
+    card = (wd / "results" / "test" / "reports" / "cards" / "tiny-llama.activation_card.md").read_text()
+    assert "Maximum activation M" in card and "INT-8 policy" in card
+
+
+@pytest.mark.slow
+def test_keep_going_keeps_other_checkpoints_results(tmp_path):
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["checkpoints"] = [cfg["checkpoints"][0],
+                          {"name": "missing-model", "source": "local", "path": str(tmp_path / "nowhere")}]
+    bad = tmp_path / "keep.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    p = snakemake(tmp_path, "--keep-going", configfile=bad, check=False)
+    assert p.returncode != 0
+    log = (tmp_path / "results" / "test" / "logs" / "prepare" / "missing-model.log").read_text()
+    assert "missing-model" in log and str(tmp_path / "nowhere") in log
+    # the other checkpoint's results were computed and stay
+    assert (tmp_path / "results" / "test" / "measure" / "tiny-llama" / "activation_stats.json").exists()
+    assert (tmp_path / "results" / "test" / "int8" / "tiny-llama" / "int8_check.json").exists()

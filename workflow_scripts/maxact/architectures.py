@@ -102,11 +102,14 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "bailing_moe",
-        ("bailing_moe",),
-        # Ling-mini-2.0's remote modelling code (modeling_bailing_moe_v2.py): layers[i].attention,
-        # layers[i].mlp with .gate (router) and .experts (a ModuleList of MLPs with .gate_proj).
+        ("bailing_moe", "bailing_moe_v2"),
+        # Ling-mini-2.0's remote modelling code (modeling_bailing_moe_v2.py): layers[i].attention returns
+        # (out, weights, cache); layers[i].mlp is BailingMoeV2MLP (gate_proj) or BailingMoeV2SparseMoeBlock
+        # with .gate (BailingMoeV2Gate -> (topk_idx, topk_weight, logits)), .experts, .shared_experts.
+        # The published files' 'moe_gate' is the gate's first output (the selected expert indices) and
+        # 'router_logits' its logits; both are kept as published for one-to-one comparison.
         attn=("attention", "self_attn"),
-        moe=MoESpec(router="gate", indices_index=None, router_logits_from_router=None, expert_act=None,
+        moe=MoESpec(router="gate", moe_gate_index=0, indices_index=0, router_logits_from_router=2, expert_act=None,
                     num_experts_attr="num_experts"),
         remote_code=True,
         notes="Ling; remote code only (trust_remote_code opt-in per checkpoint)",

@@ -234,7 +234,18 @@ def prepare_checkpoint(entry: dict, cache_dir: str | Path, model_root: str | Non
     _check_weights(entry, Path(man["load_path"]))
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(man["load_path"], trust_remote_code=bool(entry.get("trust_remote_code", False)))
+    try:
+        cfg = AutoConfig.from_pretrained(man["load_path"], trust_remote_code=bool(entry.get("trust_remote_code", False)))
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise CheckpointError(
+                f"checkpoint {entry['name']!r} needs its own modelling code (remote code). It runs only if you opt in: "
+                "set trust_remote_code: true on this checkpoint's config entry."
+            ) from None
+        raise
+    from .architectures import family_for
+
+    family_for(cfg)  # an architecture outside the hook registry stops here, before any measurement
     text = getattr(cfg, "text_config", None) or cfg
     man.update(
         model_type=cfg.model_type,

@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import plotting
 from .claims import claims_markdown, compare_measured_published, compute_claims
-from .io import atomic_save, read_json, write_json
+from .io import atomic_save, atomic_write_text, read_json, write_json
 from .report import render_report, write_table
 from .resultset import discover_result_files, global_table, layer_table, load_result
 from .workflow import META_KEYS
@@ -62,6 +62,22 @@ def int8_table(int8_paths: list[str], meta: dict, published_dir: str | None) -> 
     return df[INT8_COLUMNS]
 
 
+def sqnr_peak_correlation(it: pd.DataFrame) -> dict:
+    """Per INT-8 policy: correlation of SQNR (dB) with log10 of the peak across checkpoints."""
+    from .claims import spearman
+
+    out = {}
+    d = it.dropna(subset=["mean_sqnr_db", "reference_global_max_abs"])
+    d = d[np.isfinite(d["mean_sqnr_db"]) & (d["reference_global_max_abs"] > 0)]
+    for pol, g in d.groupby("policy"):
+        x = np.log10(g["reference_global_max_abs"].to_numpy(dtype=float))
+        y = g["mean_sqnr_db"].to_numpy(dtype=float)
+        pearson = float(np.corrcoef(x, y)[0, 1]) if len(g) >= 3 and np.std(x) > 0 and np.std(y) > 0 else None
+        out[pol] = {"n": int(len(g)), "pearson_r": pearson, "spearman_rho": spearman(list(x), list(y)) if len(g) >= 3 else None,
+                    "checkpoints": sorted(g["name"].astype(str))}
+    return out
+
+
 def aggregate_for_workflow(stats_paths, int8_paths, published_dir, checkpoints, matched_pairs, outputs) -> dict:
     meta = meta_lookup(checkpoints, [_paper_config()])
     records = [load_result(p, meta) for p in stats_paths]
@@ -77,6 +93,7 @@ def aggregate_for_workflow(stats_paths, int8_paths, published_dir, checkpoints, 
     atomic_save(outputs["comparison"], lambda tmp: cmp.to_csv(tmp, index=False))
     it = int8_table(int8_paths, meta, published_dir)
     atomic_save(outputs["int8_table"], lambda tmp: it.to_csv(tmp, index=False))
+    claims["int8_sqnr_vs_log_peak"] = sqnr_peak_correlation(it)
     write_json(outputs["claims"], claims)
     return claims
 
@@ -133,6 +150,19 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str, config: dict) -
                   "token_id": (s.get("peak") or {}).get("token_id"), "token": repr((s.get("peak") or {}).get("token")),
                   "channel": (s.get("peak") or {}).get("channel")} for s in stats]
     tables.append(write_table(pd.DataFrame(peak_rows), tab_dir, "peak_provenance", "Where each measured peak sits: sample, token position, token and channel"))
+    corr = claims.get("int8_sqnr_vs_log_peak") or {}
+    if corr:
+        ct = pd.DataFrame([{"policy": k, "n": v["n"], "pearson_r": v["pearson_r"], "spearman_rho": v["spearman_rho"]} for k, v in corr.items()])
+        tables.append(write_table(ct, tab_dir, "int8_correlation", "Correlation of INT-8 SQNR with log10 peak across checkpoints, per policy"))
+    for s_ in stats:
+        from .card import build_card, card_markdown
+
+        int8 = read_json(s_["int8_path"]) if s_.get("int8_path") else None
+        card = build_card(s_, int8)
+        md_path = Path(outputs["cards"]) / f"{s_['checkpoint']}.activation_card.md"
+        atomic_write_text(md_path, card_markdown(card))
+        write_json(md_path.with_name(f"{s_['checkpoint']}.activation_card.json"), card)
+        s_["card_path"] = str(md_path)
     if len(boot):
         tables.append(write_table(boot, tab_dir, "bootstrap", "Bootstrap stability of the global max (category-proportional subsets)"))
     if verdicts:
