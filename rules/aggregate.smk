@@ -11,8 +11,8 @@ rule aggregate:
         int8_table=f"{RESULTS}/aggregate/int8.csv",
     params:
         published_dir=published_dir(),
-        matched_pairs=config["matched_pairs"],
-        checkpoints=config["checkpoints"],
+        matched_pairs=canonical(config["matched_pairs"]),
+        checkpoints=canonical(config["checkpoints"]),
     conda:
         "../environment.yml"
     log:

@@ -58,12 +58,22 @@ def ckpt_param(key):
     return get
 
 
+def canonical(obj):
+    """Params with sorted keys: Snakemake compares params by their serialisation, so key order in the
+    YAML (or a re-dumped config) must not trigger reruns."""
+    if isinstance(obj, dict):
+        return {k: canonical(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [canonical(v) for v in obj]
+    return obj
+
+
 def ckpt_entry(wildcards):
-    return checkpoint_entry(config, wildcards.ckpt)
+    return canonical(checkpoint_entry(config, wildcards.ckpt))
 
 
 def ckpt_meta(wildcards):
-    return checkpoint_meta(config, wildcards.ckpt)
+    return canonical(checkpoint_meta(config, wildcards.ckpt))
 
 
 def ckpt_gpus(wildcards):

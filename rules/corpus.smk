@@ -4,7 +4,7 @@ rule corpus:
         corpus=f"{RESULTS}/corpus/corpus.jsonl.gz",
         manifest=f"{RESULTS}/corpus/manifest.json",
     params:
-        corpus=config["corpus"],
+        corpus=canonical(config["corpus"]),
         resources_dir=f"{workflow.basedir}/resources",
     conda:
         "../environment.yml"

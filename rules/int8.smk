@@ -7,7 +7,7 @@ rule int8_check:
     output:
         result=f"{RESULTS}/int8/{{ckpt}}/int8_check.json",
     params:
-        int8=config["int8"],
+        int8=canonical(config["int8"]),
     resources:
         gpu=ckpt_gpus,
     conda:

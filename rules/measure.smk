@@ -10,7 +10,7 @@ rule measure:
         per_sample=f"{RESULTS}/measure/{{ckpt}}/per_sample_extremes.parquet",
     params:
         meta=ckpt_meta,
-        measure=config["measure"],
+        measure=canonical(config["measure"]),
     resources:
         gpu=ckpt_gpus,
     conda:

@@ -6,7 +6,7 @@ rule probes:
     output:
         result=f"{RESULTS}/probes/{{ckpt}}/probes.json",
     params:
-        probes=config["probes"],
+        probes=canonical(config["probes"]),
     resources:
         gpu=ckpt_gpus,
     conda:

@@ -36,7 +36,7 @@ rule render:
         ),
     params:
         study=config["study_name"],
-        config=config,
+        config=canonical(config),
     conda:
         "../environment.yml"
     log:

@@ -9,7 +9,7 @@ rule supplementary:
         verdicts=f"{RESULTS}/aggregate/saturation_verdicts.json",
     params:
         checkpoints=CHECKPOINTS,
-        analysis=config["analysis"],
+        analysis=canonical(config["analysis"]),
     conda:
         "../environment.yml"
     log:

@@ -7,7 +7,7 @@ rule tokenize:
     output:
         tokens=f"{RESULTS}/tokens/{{group}}/tokens.parquet",
     params:
-        tokenization=config["tokenization"],
+        tokenization=canonical(config["tokenization"]),
     conda:
         "../environment.yml"
     log:
