@@ -121,7 +121,9 @@ def int8_vs_peak(int8: pd.DataFrame, out_dir: Path) -> list[str]:
     ax.set_xscale("log")
     ax.set_xlabel("global max |activation| (log scale)")
     ax.set_ylabel("INT-8 SQNR at the peak layer (dB)")
-    ax.set_title("Per-tensor INT-8 error grows with the peak")
+    ax.set_title("INT-8 SQNR at the peak layer against the peak")
+    if ax.get_legend() is not None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(fig, out_dir, "int8_sqnr_vs_peak")
 
 
