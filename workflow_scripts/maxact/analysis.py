@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-GLOBAL_SUFFIXES = ("_hidden", "_attn_output", "_mlp_output")
+from .resultset import GLOBAL_KINDS, parse_component
 
 
 def is_global_point(name: str) -> bool:
-    return name in ("embedding_output", "final_layernorm") or (name.startswith("layer_") and name.endswith(GLOBAL_SUFFIXES))
+    return parse_component(name)[0] in GLOBAL_KINDS
 
 
 def per_sample_global_max(per_sample: pd.DataFrame) -> pd.Series:

@@ -9,17 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .io import atomic_write_text, read_json, write_json
+from .resultset import parse_component
 
 # SQNR verdicts for INT-8 of the peak-layer hidden state (dB).
 VERDICTS = ((20.0, "fine"), (10.0, "degraded"), (float("-inf"), "unusable"))
-KIND_OF = {"embedding_output": "embedding", "final_layernorm": "final_norm"}
+# Card wording for the component kinds of maxact.resultset.parse_component.
+CARD_NAMES = {"attn": "attention", "hidden": "residual"}
 
 
 def _kind(comp: str) -> str:
-    if comp in KIND_OF:
-        return KIND_OF[comp]
-    suffix = comp.split("_", 2)[2]
-    return {"attn_output": "attention", "mlp_output": "mlp", "hidden": "residual"}.get(suffix, suffix)
+    kind = parse_component(comp)[0]
+    return CARD_NAMES.get(kind, kind)
 
 
 def verdict(sqnr_db: float | None) -> str:

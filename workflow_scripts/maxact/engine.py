@@ -20,11 +20,11 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .architectures import Family, LayerPoints, family_for, layer_points, resolve_backbone
+from .resultset import GLOBAL_KINDS, forward_order_key, parse_component
 from .stats import PointStats, TokenInfo
 
 log = logging.getLogger(__name__)
 
-GLOBAL_KINDS = ("embedding", "hidden", "attn", "mlp", "final_norm")
 
 
 def _first(out):
@@ -66,12 +66,7 @@ def collate(samples: Sequence[Sequence[int]], indices: Sequence[int], pad_id: in
 
 
 def kind_of(point: str) -> str:
-    if point == "embedding_output":
-        return "embedding"
-    if point == "final_layernorm":
-        return "final_norm"
-    suffix = point.split("_", 2)[2]
-    return {"attn_output": "attn", "mlp_output": "mlp"}.get(suffix, suffix)
+    return parse_component(point)[0]
 
 
 class Measurement:
@@ -421,8 +416,6 @@ def _layer_of(name: str) -> int | None:
 
 def _point_order(meas: Measurement) -> list[str]:
     # Forward-pass order, so that exact ties resolve to the earliest point as in the published files.
-    from .resultset import forward_order_key
-
     return sorted(meas.points, key=forward_order_key)
 
 
@@ -458,7 +451,3 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
                 "float16": torch.float16, "fp16": torch.float16}[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16") from None
-
-
-def nan_safe(x) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

@@ -91,9 +91,17 @@ def row_stats_reference(x: torch.Tensor, row_valid: torch.Tensor, hist: torch.Te
     if hist is not None:
         la = torch.log10(a.clamp_min(1e-30)).clamp(HIST_LOG10_LO, HIST_LOG10_HI - 1e-6)
         la = torch.where(valid & (a > 0), la, HIST_LOG10_HI + 100.0)
-        for chunk in la.reshape(-1).split(_HISTC_CHUNK):
-            hist += torch.histc(chunk, HIST_BINS, HIST_LOG10_LO, HIST_LOG10_HI).to(hist.dtype)
+        histc_accumulate(hist, la)
     return out
+
+
+def histc_accumulate(hist: torch.Tensor, log10_abs: torch.Tensor) -> None:
+    """Add the 512-bin histogram of log10|a| to ``hist``; values outside [-8, 8) are not counted.
+
+    torch.histc counts in float32, so it is called on chunks small enough to count exactly.
+    """
+    for chunk in log10_abs.reshape(-1).split(_HISTC_CHUNK):
+        hist += torch.histc(chunk, HIST_BINS, HIST_LOG10_LO, HIST_LOG10_HI).to(hist.dtype)
 
 
 # ------------------------------------------------------------------------------------------- kernel

@@ -200,10 +200,6 @@ def measure_checkpoint(
     return result
 
 
-def load_prepared(path) -> dict:
-    return read_json(path)
-
-
 def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings: dict | None = None,
                     n_calib: int = 128, n_eval: int = 256, max_tokens: int = 4096, seed: int = 0) -> dict:
     """The paper's INT-8 check on the hidden state at the checkpoint's peak layer (see maxact.quant)."""

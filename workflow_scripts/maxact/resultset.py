@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-META_KEYS = ("family", "generation", "role", "params_b", "active_params_b", "main_analysis", "published_name")
+from .workflow import META_KEYS  # one definition, shared with the config helpers
 
 #: Component kinds counted in the global maximum (router logits and gate outputs are excluded).
 GLOBAL_KINDS = frozenset({"embedding", "hidden", "attn", "mlp", "final_norm"})

@@ -9,35 +9,19 @@ import numpy as np
 import pandas as pd
 
 from . import plotting
-from .claims import claims_markdown, compare_measured_published, compute_claims
+from .claims import claims_markdown, compare_measured_published, compute_claims, default_paper_config
 from .io import atomic_save, atomic_write_text, read_json, write_json
 from .report import render_report, write_table
-from .resultset import discover_result_files, global_table, layer_table, load_result
-from .workflow import META_KEYS
+from .resultset import discover_result_files, global_table, layer_table, load_config_meta, load_result, meta_from_config
 
 INT8_COLUMNS = ["name", "source", "family", "policy", "reference_global_max_abs", "mean_sqnr_db", "mean_rel_rmse", "mean_rel_mae", "mean_clip_rate", "threshold", "point"]
 
 
-def meta_lookup(checkpoints: list[dict], extra_configs: list[Path] = ()) -> dict[str, dict]:
-    """name -> meta from the study config, then from other configs (e.g. config/paper.yaml) for published names."""
-    import yaml
-
-    out: dict[str, dict] = {}
-    for cfg_path in extra_configs:
-        if Path(cfg_path).exists():
-            cfg = yaml.safe_load(Path(cfg_path).read_text())
-            for c in cfg.get("checkpoints", []):
-                m = {k: c.get(k) for k in META_KEYS}
-                out[c["name"]] = m
-                if c.get("published_name"):
-                    out.setdefault(c["published_name"], m)
-    for c in checkpoints:
-        out[c["name"]] = {k: c.get(k) for k in META_KEYS}
-    return out
-
-
-def _paper_config() -> Path:
-    return Path(__file__).resolve().parents[2] / "config" / "paper.yaml"
+def meta_lookup(checkpoints: list[dict]) -> dict[str, dict]:
+    """name -> meta: the paper config's (it names the published checkpoints), overridden by the study's."""
+    paper = default_paper_config()
+    base = load_config_meta(paper) if paper.exists() else {}
+    return {**base, **meta_from_config({"checkpoints": checkpoints})}
 
 
 def int8_table(int8_paths: list[str], meta: dict, published_dir: str | None) -> pd.DataFrame:
@@ -79,7 +63,7 @@ def sqnr_peak_correlation(it: pd.DataFrame) -> dict:
 
 
 def aggregate_for_workflow(stats_paths, int8_paths, published_dir, checkpoints, matched_pairs, outputs) -> dict:
-    meta = meta_lookup(checkpoints, [_paper_config()])
+    meta = meta_lookup(checkpoints)
     records = [load_result(p, meta) for p in stats_paths]
     if published_dir:
         records += [load_result(p, meta) for p in discover_result_files([published_dir])]

@@ -93,19 +93,25 @@ class Fetcher:
         return None
 
     # ------------------------------------------------------------ wheels
-    def wheel(self, name: str) -> Path:
-        norm = re.sub(r"[-_.]+", "_", name).lower()
+    def _cached(self, name: str, version_of) -> tuple[str, Path] | None:
+        """The last (by file name) downloaded file of ``name`` at its pinned version, if any.
 
+        ``version_of(path)`` gives the version a file holds, or None when it is not that kind of file.
+        """
+        norm = re.sub(r"[-_.]+", "_", name).lower()
+        pin = self.pins.get(name)
+        out = []
+        for f in sorted(self.wheels.iterdir()):
+            if not re.sub(r"[-_.]+", "_", f.name).lower().startswith(norm + "_"):
+                continue
+            ver = version_of(f)
+            if ver is not None and (pin is None or ver == pin):
+                out.append((ver, f))
+        return out[-1] if out else None
+
+    def wheel(self, name: str) -> Path:
         def find():
-            pin = self.pins.get(name)
-            out = []
-            for f in sorted(self.wheels.iterdir()):
-                stem = re.sub(r"[-_.]+", "_", f.name).lower()
-                if stem.startswith(norm + "_") and f.suffix == ".whl":
-                    ver = f.name.split("-")[1]
-                    if pin is None or ver == pin:
-                        out.append((ver, f))
-            return out[-1] if out else None
+            return self._cached(name, lambda f: f.name.split("-")[1] if f.suffix == ".whl" else None)
 
         hit = find()
         if hit is None:
@@ -139,17 +145,8 @@ class Fetcher:
     def sdist(self, name: str) -> Path:
         """Folder of the unpacked source distribution of ``name`` (for pure-Python helpers like pysword,
         which are used from the cache and never installed)."""
-        norm = re.sub(r"[-_.]+", "_", name).lower()
-
         def find():
-            pin = self.pins.get(name)
-            out = []
-            for f in sorted(self.wheels.iterdir()):
-                if f.name.endswith(".tar.gz") and re.sub(r"[-_.]+", "_", f.name).lower().startswith(norm + "_"):
-                    ver = f.name[:-len(".tar.gz")].rsplit("-", 1)[-1]
-                    if pin is None or ver == pin:
-                        out.append((ver, f))
-            return out[-1] if out else None
+            return self._cached(name, lambda f: f.name[: -len(".tar.gz")].rsplit("-", 1)[-1] if f.name.endswith(".tar.gz") else None)
 
         hit = find()
         if hit is None:
