@@ -1,4 +1,4 @@
-"""Time the fused Triton row-statistics kernel against its torch reference on a GPU, and check they agree.
+"""Time the fused row-statistics kernels (CUDA and Triton) against their torch reference on a GPU, check they agree.
 
     python benchmarks/bench_kernels.py                      # [65536, 4096] and [65536, 12288] bf16
     python benchmarks/bench_kernels.py --sweep              # also try BLOCK / num_warps / programs per SM
@@ -73,24 +73,41 @@ def bench_shape(n: int, c: int, dtype, iters: int, sweep: bool) -> None:
     x, valid = make_activation(n, c, dtype)
     hist = torch.zeros(512, dtype=torch.int64, device="cuda")
     cfg = K.default_config(c, dtype)
-    print(f"\n[{n}, {c}] {dtype}  default config {cfg}")
+    print(f"\n[{n}, {c}] {dtype}  auto backend: {K.backend_for(x)}; Triton default config {cfg}")
     floor = cuda_ms(lambda: x.amax(), iters)
-    full = cuda_ms(lambda: K.row_stats(x, valid, hist, True), iters)
-    basic = cuda_ms(lambda: K.row_stats(x, valid, None, False), iters)
-    med_only = cuda_ms(lambda: K.row_stats(x, valid, None, True), iters)
-    hist_only = cuda_ms(lambda: K.row_stats(x, valid, hist, False), iters)
-    ref = cuda_ms(lambda: K.row_stats_reference(x, valid, hist, True), max(3, iters // 4), warmup=1)
-    print(f"  read once (x.amax)              {floor:8.3f} ms")
-    print(f"  row_stats median+hist           {full:8.3f} ms")
-    print(f"  row_stats median, no hist       {med_only:8.3f} ms")
-    print(f"  row_stats hist, no median       {hist_only:8.3f} ms")
-    print(f"  row_stats basic (no med/hist)   {basic:8.3f} ms")
-    print(f"  row_stats_reference (torch)     {ref:8.3f} ms")
-    hg = torch.zeros(512, dtype=torch.int64, device="cuda")
+    print(f"  read once (x.amax)                      {floor:8.3f} ms")
     hr = torch.zeros(512, dtype=torch.int64, device="cuda")
-    got = K.row_stats(x, valid, hg, True)
     want = K.row_stats_reference(x, valid, hr, True)
-    print(f"  check: {agree(got, want, hg, hr)}")
+    for backend in ("cuda", "triton"):
+        if K.backend_for(x, backend) != backend:
+            print(f"  {backend}: not available for this input")
+            continue
+        for label, h, med in (("median+hist", hist, True), ("median, no hist", None, True),
+                              ("hist, no median", hist, False), ("basic (no med/hist)", None, False)):
+            ms = cuda_ms(lambda: K.row_stats(x, valid, h, med, backend=backend), iters)
+            print(f"  {backend:6s} row_stats {label:20s} {ms:8.3f} ms  ({floor / ms:.2f} of read-once speed)")
+        hg = torch.zeros(512, dtype=torch.int64, device="cuda")
+        got = K.row_stats(x, valid, hg, True, backend=backend)
+        print(f"  {backend:6s} check: {agree(got, want, hg, hr)}")
+    ref = cuda_ms(lambda: K.row_stats_reference(x, valid, hist, True), max(3, iters // 4), warmup=1)
+    print(f"  row_stats_reference (torch)             {ref:8.3f} ms")
+    if K.backend_for(x, "cuda") == "cuda":
+        from maxact import cuda_kernels as CK
+
+        d = CK.defines(CK._KIND[dtype], c, c % 8 == 0, True, True)
+        print(f"  cuda kernel {d}: {CK.kernel_attributes(CK._kernel(d, x.device))}")
+        if c > 8192:  # elements a thread holds for wide rows (MAXACT_CUDA_ELEMS)
+            default, best = CK._ELEMS_WIDE, None
+            for e in (32, 48, 64):
+                CK._ELEMS_WIDE = e
+                ms = cuda_ms(lambda: K.row_stats(x, valid, hist, True, backend="cuda"), iters)
+                hg = torch.zeros(512, dtype=torch.int64, device="cuda")
+                ok = agree(K.row_stats(x, valid, hg, True, backend="cuda"), want, hg, hr)
+                print(f"  cuda   elems/thread {e}: median+hist {ms:8.3f} ms  {CK.launch_shape(c)}  check: {ok}")
+                if ok == "agree" and (best is None or ms < best[0]):
+                    best = (ms, e)
+            CK._ELEMS_WIDE = default
+            print(f"BEST_ELEMS {c} {best[1] if best else 32}")
     if sweep:
         results = []
         for kw in sweep_configs(c):
@@ -105,7 +122,7 @@ def bench_shape(n: int, c: int, dtype, iters: int, sweep: bool) -> None:
             results.append((ms, kw))
         results.sort(key=lambda r: r[0])
         ms, kw = results[0]
-        hg.zero_()
+        hg = torch.zeros(512, dtype=torch.int64, device="cuda")
         got = K.row_stats(x, valid, hg, True, **kw)
         print(f"  best {kw} {ms:.3f} ms; check: {agree(got, want, hg, hr)}")
 
@@ -128,26 +145,38 @@ def sweep_configs(c: int) -> list[dict]:
 
 
 def check_grid() -> None:
-    """The unit test's cases (tests/test_kernels.py) on CUDA: kernel vs reference."""
+    """The unit test's cases (tests/test_kernels.py) on CUDA: each kernel vs the reference."""
     import test_kernels as T
 
-    problems = []
+    problems, cases = [], 0
     for dtype in T.DTYPES:
-        for n in (1, 7, 300):
-            for c in (5, 1000, 4097, 12288, 30000) if dtype == torch.bfloat16 else (64, 4097, 30000):
+        for n in (7, 300):
+            cs = (5, 640, 1536, 4096, 4097, 12288, 40000)
+            for c in cs if dtype != torch.float32 else (64, 4097, 30000):
                 x, valid = T.make_case(n, c, dtype)
                 x, valid = x.cuda(), valid.cuda()
-                variants = [(True, True, {}), (False, False, {}), (True, True, dict(median_method=0)),
-                            (True, True, dict(hist_copies=4)), (True, False, dict(block=256))]
+                variants = [(True, True, {}), (False, False, {}), (True, True, dict(backend="triton"))]
                 for want_median, with_hist, kw in variants:
                     hg = torch.full((512,), 3, dtype=torch.int64, device="cuda") if with_hist else None
                     hr = hg.clone() if with_hist else None
                     got = K.row_stats(x, valid, hg, want_median, **kw)
                     ref = K.row_stats_reference(x, valid, hr, want_median)
-                    problems += T.compare(got, ref, hg, hr, f"{dtype} {n}x{c} med={want_median} hist={with_hist} {kw}")
+                    used = K.backend_for(x, kw.get("backend", "triton" if kw else None))
+                    problems += T.compare(got, ref, hg, hr, f"[{used}] {dtype} {n}x{c} med={want_median} hist={with_hist} {kw}")
+                    cases += 1
+                # A strided (non-contiguous) view and an unaligned start take the scalar-load path.
+                if dtype != torch.float32 and n > 1:
+                    wide = torch.zeros(n, c + 3, dtype=dtype, device="cuda")
+                    wide[:, 1:c + 1] = x
+                    xv = wide[:, 1:c + 1]
+                    hg = torch.zeros(512, dtype=torch.int64, device="cuda")
+                    hr = hg.clone()
+                    problems += T.compare(K.row_stats(xv, valid, hg, True), K.row_stats_reference(x, valid, hr, True),
+                                          hg, hr, f"[{K.backend_for(xv)}] {dtype} {n}x{c} unaligned view")
+                    cases += 1
     for p in problems[:40]:
         print("  " + p)
-    print(f"check grid: {len(problems)} problem(s)")
+    print(f"check grid: {cases} cases, {len(problems)} problem(s)")
 
 
 def main() -> None:

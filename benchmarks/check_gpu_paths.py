@@ -1,4 +1,4 @@
-"""On CUDA: PointStats through the fused Triton kernel equals the torch path (same finalize())."""
+"""On CUDA: PointStats through the fused kernel (CUDA or Triton, as MAXACT_KERNEL picks) equals the torch path."""
 
 import math
 

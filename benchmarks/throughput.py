@@ -72,10 +72,13 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--max-len", type=int, default=5422)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved (bare, measured) pairs; the summary is the median pair")
     ap.add_argument("--full-stats", default="paper", choices=["paper", "all"],
                     help="points with quantiles + Sun criterion: the published files' set, or every point")
     ap.add_argument("--out", help="write the figures as JSON here")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one measured batch (torch.profiler) and print the top GPU kernels")
     a = ap.parse_args(argv)
 
     from maxact.engine import Measurement, assemble_result, collate, make_batches, resolve_dtype, run_batches
@@ -114,11 +117,10 @@ def main(argv=None):
         peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
         return dt, peak, out
 
-    # Warm-up: kernels, autotuning and torch.compile of the statistics (reported, not timed).
+    # Warm-up (reported, not timed): every batch shape once bare (cuBLAS/SDPA pick kernels per shape)
+    # and the measurement's kernels (NVRTC/Triton compiles, torch.compile) on the first and last batch.
     t0 = time.perf_counter()
-    with torch.no_grad():
-        c = collated[-1]
-        bb(input_ids=c.input_ids.to(dev), attention_mask=c.attention_mask.to(dev), use_cache=False)
+    bare()
     warm = Measurement(model, len(samples), dev, full_kinds=fk)
     run_batches(warm, samples, [batches[0], batches[-1]], 0)
     sync(dev)
@@ -127,10 +129,36 @@ def main(argv=None):
 
     from maxact import kernels, stats
 
-    res = {"preset": a.preset, "full_stats": a.full_stats, "triton_kernel": bool(stats._TRITON and kernels.TRITON_AVAILABLE), "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
+    host_syncs = {}
+    if dev.type == "cuda":
+        # Host synchronisations (.item(), D2H copies, nonzero, ...) on one batch, bare and measured:
+        # the measurement must add none (torch's sync debug mode reports each one as a warning).
+        import warnings
+
+        def count_syncs(fn):
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    fn()
+                    sync(dev)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            return [str(w.message).splitlines()[0][:160] for w in caught if "synchroniz" in str(w.message)]
+
+        one = collated[0]
+        with torch.no_grad():
+            bare_syncs = count_syncs(lambda: bb(input_ids=one.input_ids.to(dev), attention_mask=one.attention_mask.to(dev), use_cache=False))
+        m1 = Measurement(model, len(samples), dev, full_kinds=fk)
+        meas_syncs = count_syncs(lambda: run_batches(m1, samples, [batches[0]], 0))
+        m1.remove()
+        host_syncs = {"bare": len(bare_syncs), "measured": len(meas_syncs), "measured_examples": sorted(set(meas_syncs))[:5]}
+        print(f"host syncs on one batch: bare forward {len(bare_syncs)}, measured {len(meas_syncs)} {host_syncs['measured_examples']}", flush=True)
+
+    res = {"preset": a.preset, "full_stats": a.full_stats, "kernel_backend": kernels.backend_for(torch.zeros(1, model.config.hidden_size, dtype=dtype, device=dev)) if stats._TRITON else "torch", "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "samples": len(samples), "tokens": n_tok, "batches": len(batches), "mean_len": float(np.mean(lengths)),
-           "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s, "runs": []}
+           "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s, "host_syncs": host_syncs, "runs": []}
     for r in range(a.repeats):
         t_bare, m_bare, _ = timed(bare)
 
@@ -150,6 +178,20 @@ def main(argv=None):
         print(f"[run {r}] bare {run['bare_tok_s']:,.0f} tok/s | measured {run['measured_tok_s']:,.0f} tok/s | "
               f"ratio (measured/bare) {run['ratio']:.3f} | peak GiB bare {run['bare_peak_gib']:.2f} measured "
               f"{run['measured_peak_gib']:.2f} (x{run['memory_ratio'] or 0:.3f}) | {run['points']} points", flush=True)
+    if a.profile and dev.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        meas = Measurement(model, len(samples), dev, full_kinds=fk)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run_batches(meas, samples, [batches[0]], 0)
+            sync(dev)
+        meas.remove()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=60), flush=True)
+    ratios = sorted(r["ratio"] for r in res["runs"])
+    res["median_ratio"] = ratios[len(ratios) // 2]
+    res["min_ratio"], res["max_ratio"] = ratios[0], ratios[-1]
+    print(f"ratio (measured/bare) over {len(ratios)} interleaved pairs: median {res['median_ratio']:.3f} "
+          f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f}); kernel backend {res['kernel_backend']}", flush=True)
     print(json.dumps(res, indent=1))
     if a.out:
         with open(a.out, "w") as f:

@@ -170,3 +170,20 @@ def test_float16_refused_for_gemma_unless_forced():
         check_dtype(fam, torch.float16)
     check_dtype(fam, torch.float16, force=True)
     check_dtype(fam, torch.bfloat16)
+
+
+def test_host_state_is_every_statistic_in_one_transfer():
+    """Measurement.host_state (one copy per dtype) holds exactly each point's state tensors."""
+    model = tiny_model("qwen3_moe")
+    samples = _samples(seed=3)
+    meas = Measurement(model, len(samples), "cpu")
+    run_batches(meas, samples, make_batches([len(s) for s in samples], 2), pad_id=0)
+    host = meas.host_state()
+    assert set(host) == set(meas.points)
+    for name, ps in meas.points.items():
+        state = ps.state_dict()
+        assert set(host[name]) == set(state)
+        for key, t in state.items():
+            assert host[name][key].dtype == t.dtype and torch.equal(host[name][key], t), (name, key)
+        assert ps.finalize(host[name]) == ps.finalize()
+    meas.remove()

@@ -144,3 +144,42 @@ def test_expert_rows_of_unknown_origin_go_to_spare_slot():
     assert torch.isinf(mx).all()  # no real sample got a value
     assert ps.finalize()["min"] == -9.0
     assert math.isfinite(ps.finalize()["rms"])
+
+
+def test_per_sample_extremes_from_batch_layout_equal_scattered_reduction():
+    """The [B, T] / packed-rows / unknown-origin layouts give the same per-sample table as index_reduce."""
+    g = torch.Generator().manual_seed(7)
+    b, t, c, n_samples = 3, 6, 5, 8
+    x = torch.randn(b, t, c, generator=g) * 10
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[0, 4:] = False
+    mask[2, 2:] = False
+    samples = torch.tensor([5, 1, 6])
+    ids = torch.arange(b * t).reshape(b, t)
+    plain = _info(mask, samples, ids)
+    # Reference: per-sample max/min of real tokens, by hand in float64.
+    want_max = torch.full((n_samples,), -math.inf, dtype=torch.float64)
+    want_min = torch.full((n_samples,), math.inf, dtype=torch.float64)
+    for r in range(b):
+        real = x[r][mask[r]].double()
+        want_max[samples[r]] = real.max()
+        want_min[samples[r]] = real.min()
+    laid_out = TokenInfo(plain.valid, plain.sample, plain.position, plain.token_id, batch_shape=(b, t), batch_samples=samples)
+    rows = mask.reshape(-1).nonzero().flatten()
+    packed = TokenInfo(torch.ones(rows.numel(), dtype=torch.bool), plain.sample[rows], plain.position[rows],
+                       plain.token_id[rows], batch_shape=(b, t), batch_samples=samples, rows=rows)
+    for info, xs in ((plain, x), (laid_out, x), (packed, x.reshape(-1, c)[rows])):
+        ps = PointStats("p", n_samples, "cpu", full=False)
+        ps.update(xs, info)
+        smax, smin = ps.per_sample()
+        assert torch.equal(smax.double(), want_max.float().double())
+        assert torch.equal(smin.double(), want_min.float().double())
+    # Routed copies of tokens: everything lands in the 'unknown' slot, never in a sample's row.
+    n = 10
+    unknown = TokenInfo(torch.ones(n, dtype=torch.bool), torch.full((n,), n_samples), torch.arange(n),
+                        torch.full((n,), -1), unknown_origin=True)
+    ps = PointStats("p", n_samples, "cpu", full=False)
+    xe = torch.randn(n, c, generator=g)
+    ps.update(xe, unknown)
+    assert torch.isinf(ps.per_sample()[0]).all()
+    assert float(ps.sample_max[-1]) == float(xe.max()) and float(ps.sample_min[-1]) == float(xe.min())

@@ -11,7 +11,6 @@ the real tokens only (packed), so router and expert-internal rows are real token
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -63,6 +62,14 @@ def collate(samples: Sequence[Sequence[int]], indices: Sequence[int], pad_id: in
         ids[r, : lengths[r]] = torch.as_tensor(samples[i], dtype=torch.long)
         mask[r, : lengths[r]] = 1
     return Batch(ids, mask, torch.as_tensor(list(indices), dtype=torch.long), lengths)
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host tensor to the device without a stream sync (a pageable copy waits for the GPU queue)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def kind_of(point: str) -> str:
@@ -119,7 +126,7 @@ class Measurement:
         key = (id(info), device)
         cached = self._moved.get(key)
         if cached is None:
-            cached = self._moved[key] = TokenInfo(*(t.to(device, non_blocking=True) for t in (info.valid, info.sample, info.position, info.token_id)))
+            cached = self._moved[key] = info.to(device)
         return cached
 
     def _info_for(self, x: torch.Tensor) -> TokenInfo:
@@ -139,6 +146,7 @@ class Measurement:
             sample=torch.full((n,), self.n_samples, dtype=torch.long, device=dev),
             position=torch.arange(n, device=dev),
             token_id=torch.full((n,), -1, dtype=torch.long, device=dev),
+            unknown_origin=True,
         )
 
     def _hook(self, module, fn: Callable, pre: bool = False):
@@ -245,19 +253,24 @@ class Measurement:
         b, t = batch.input_ids.shape
         self._batch_shape = (b, t)
         self._moved = {}
-        mask = batch.attention_mask.to(device).bool()
-        ids = batch.input_ids.to(device)
-        sample = batch.sample_index.to(device)[:, None].expand(b, t).reshape(-1)
+        mask = _to_device(batch.attention_mask, device).bool()
+        ids = _to_device(batch.input_ids, device)
+        if len(set(batch.sample_index.tolist())) != b:  # host tensor: no device sync
+            raise ValueError("a batch holds the same corpus sample twice; batches must hold distinct samples")
+        batch_samples = _to_device(batch.sample_index, device)
+        sample = batch_samples[:, None].expand(b, t).reshape(-1)
         pos = torch.arange(t, device=device).expand(b, t).reshape(-1)
-        self._info = TokenInfo(valid=mask.reshape(-1), sample=sample, position=pos, token_id=ids.reshape(-1))
+        self._info = TokenInfo(valid=mask.reshape(-1), sample=sample, position=pos, token_id=ids.reshape(-1),
+                               batch_shape=(b, t), batch_samples=batch_samples)
         # Row indices of real tokens, built from host-known lengths: no device sync.
-        rows = torch.cat([torch.arange(L) + r * t for r, L in enumerate(batch.lengths)]).to(device)
+        rows = _to_device(torch.cat([torch.arange(L) + r * t for r, L in enumerate(batch.lengths)]), device)
         self._packed_rows = rows
         self._packed_info = TokenInfo(
             valid=torch.ones(rows.numel(), dtype=torch.bool, device=device),
             sample=sample.index_select(0, rows),
             position=pos.index_select(0, rows),
             token_id=self._info.token_id.index_select(0, rows),
+            batch_shape=(b, t), batch_samples=batch_samples, rows=rows,
         )
 
     # Test hook: raise an out-of-memory error for batches above this many padded tokens (CPU path).
@@ -287,6 +300,20 @@ class Measurement:
             "points": {k: v.state_dict() for k, v in self.points.items()},
             "expert_counts": dict(self.expert_counts),
         }
+
+    def host_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every point's statistics on the host, in one device-to-host transfer per (device, dtype)
+        instead of one per tensor (thousands of small synchronising copies)."""
+        groups: dict = {}
+        for name, ps in self.points.items():
+            for key, t in ps.state_dict().items():
+                groups.setdefault((t.device, t.dtype), []).append((name, key, t))
+        out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.points}
+        for items in groups.values():
+            flat = torch.cat([t.detach().reshape(-1) for _, _, t in items]).cpu()
+            for (name, key, t), part in zip(items, flat.split([t.numel() for _, _, t in items])):
+                out[name][key] = part.view(t.shape)
+        return out
 
     def snapshot(self) -> dict:
         return {
@@ -362,9 +389,10 @@ def assemble_result(meas: Measurement, sample_ids: Sequence[str], decode: Callab
     """Host-side summary: published-format ``per_layer_stats`` plus peaks, top-k and routing."""
     per_layer, peaks, tops = {}, {}, {}
     order = _point_order(meas)
+    host = meas.host_state()  # one transfer to the host at the end
     for name in order:
         ps = meas.points[name]
-        st = ps.finalize()
+        st = ps.finalize(host[name])
         top = st.pop("top_abs")
         per_layer[name] = st
         tops[name] = [_describe(t, sample_ids, decode) for t in top]
@@ -403,8 +431,9 @@ def per_sample_table(meas: Measurement, sample_ids: Sequence[str]):
     import pandas as pd
 
     cols = {"sample_id": list(sample_ids)}
+    host = meas.host_state()
     for name in _point_order(meas):
-        mx, mn = meas.points[name].per_sample()
+        mx, mn = meas.points[name].per_sample(host[name])
         cols[f"{name}:max"] = mx.numpy()
         cols[f"{name}:min"] = mn.numpy()
     return pd.DataFrame(cols)

@@ -17,7 +17,7 @@ import torch
 from . import provenance
 from .checkpoints import load_model, load_tokenizer
 from .engine import Measurement, assemble_result, check_dtype, kind_of, make_batches, per_sample_table, resolve_dtype, run_batches
-from .io import atomic_save, read_json, write_json
+from .io import atomic_save, write_json
 from .tokenization import tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 PAPER_FULL_KINDS = ("embedding", "hidden", "attn", "mlp", "final_norm")
+
+
+def statistics_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    """Which implementation computed the statistics (cuda / triton / torch), with any fallback reason."""
+    from . import cuda_kernels, kernels
+    from . import stats as stats_mod
+
+    if not stats_mod._TRITON or device.type != "cuda":
+        return "torch"
+    used = kernels.backend_for(torch.empty(1, 8, dtype=dtype, device=device))
+    failed = cuda_kernels._STATE["failed"]
+    return f"{used} (CUDA kernel disabled: {failed})" if failed else used
 
 
 def full_kinds(mode: str):
@@ -184,6 +196,7 @@ def measure_checkpoint(
             },
             "settings": {**{k: (str(v) if k == "device_map" else v) for k, v in s.items()}, "device": str(device), "dtype": str(dtype).replace("torch.", "")},
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "statistics_kernel": statistics_kernel(device, dtype),
             "environment": provenance.environment(),
             "timestamp": provenance.timestamp(),
             "durations": {"load_seconds": round(load_seconds, 3), "measure_seconds": round(run["seconds"], 3)},

@@ -32,7 +32,8 @@ TOPK = 100
 QUANTILES = {"abs_q25": 0.25, "abs_median": 0.5, "abs_q75": 0.75, "abs_q90": 0.90, "abs_q99": 0.99, "abs_q999": 0.999}
 # Rows per update chunk are chosen so that a chunk holds at most this many elements.
 _CHUNK_ELEMENTS = 1 << 26
-# The fused Triton kernel (maxact.kernels) on CUDA; MAXACT_TRITON=0 falls back to the torch path.
+# The fused kernels (maxact.kernels: CUDA or Triton) on CUDA; MAXACT_TRITON=0 (or MAXACT_KERNEL=torch)
+# falls back to the torch path below.
 _TRITON = os.environ.get("MAXACT_TRITON", "1") != "0"
 # torch.compile fuses the elementwise passes into a few kernels on CUDA (set MAXACT_COMPILE=0 to disable).
 _COMPILE = os.environ.get("MAXACT_COMPILE", "1") != "0"
@@ -86,12 +87,30 @@ _fused_partials_compiled = torch.compile(_fused_partials, dynamic=True) if hasat
 
 @dataclass
 class TokenInfo:
-    """Per-token-row facts for one activation, flattened to ``[N]``."""
+    """Per-token-row facts for one activation, flattened to ``[N]``.
+
+    The optional layout fields let the per-sample extremes be plain reductions instead of scattered
+    atomics (``index_reduce_`` serialises on the GPU when thousands of rows share a sample):
+    ``batch_shape`` (B, T) with ``batch_samples`` [B] (distinct) says the rows are a [B, T] batch,
+    or, with ``rows`` [N], the real tokens of one packed at those flat row indices;
+    ``unknown_origin`` marks rows that are routed copies of tokens (all in the 'unknown' slot).
+    """
 
     valid: torch.Tensor  # bool [N]
     sample: torch.Tensor  # int64 [N]: row in the per-sample table (n_samples = 'unknown')
     position: torch.Tensor  # int64 [N]
     token_id: torch.Tensor  # int64 [N], -1 where unknown
+    batch_shape: tuple[int, int] | None = None
+    batch_samples: torch.Tensor | None = None  # int64 [B], distinct
+    rows: torch.Tensor | None = None  # int64 [N]: flat index in the [B * T] batch of each row
+    unknown_origin: bool = False
+
+    def to(self, device) -> "TokenInfo":
+        def mv(t):
+            return t.to(device, non_blocking=True) if t is not None else None
+
+        return TokenInfo(mv(self.valid), mv(self.sample), mv(self.position), mv(self.token_id), self.batch_shape,
+                         mv(self.batch_samples), mv(self.rows), self.unknown_origin)
 
 
 class PointStats:
@@ -150,17 +169,29 @@ class PointStats:
         x = x.reshape(-1, c)
         n = x.shape[0]
         tok_valid = info.valid.reshape(n)
-        if _TRITON and x.is_cuda and kernels._use_triton(x):
-            # One fused kernel reads each row once (see maxact.kernels).
+        if _TRITON and x.is_cuda and kernels.fused_available(x):
+            # One fused kernel reads each row once (see maxact.kernels / maxact.cuda_kernels).
             r = kernels.row_stats(x, tok_valid, self.hist if self.full else None, want_median=self.full)
-            self.n_nan += r["nan"].sum()
-            self.n_inf += r["inf"].sum()
-            self.count += r["count"].sum()
-            self.sum += r["sum"].sum(dtype=torch.float64)
-            self.sumsq += r["sumsq"].sum(dtype=torch.float64)
-            self.abs_sum += r["abssum"].sum(dtype=torch.float64)
-            if self.full:
-                self.n_zero += r["zero"].sum()
+            if "sums_block" in r:  # the CUDA kernel's rows come as blocks: two reductions, not seven
+                sums = r["sums_block"].sum(1, dtype=torch.float64)
+                counts = r["counts_block"].sum(1)
+                self.sum += sums[0]
+                self.sumsq += sums[1]
+                self.abs_sum += sums[2]
+                self.count += counts[0]
+                self.n_nan += counts[1]
+                self.n_inf += counts[2]
+                if self.full:
+                    self.n_zero += counts[3]
+            else:
+                self.n_nan += r["nan"].sum()
+                self.n_inf += r["inf"].sum()
+                self.count += r["count"].sum()
+                self.sum += r["sum"].sum(dtype=torch.float64)
+                self.sumsq += r["sumsq"].sum(dtype=torch.float64)
+                self.abs_sum += r["abssum"].sum(dtype=torch.float64)
+                if self.full:
+                    self.n_zero += r["zero"].sum()
             self._update_extremes(x, tok_valid, r["max"], r["min"], r.get("median"), info)
             return
         # Row chunks bound the float32 temporaries (memory stays near the bare forward's).
@@ -190,15 +221,33 @@ class PointStats:
 
     def _update_extremes(self, x, tok_valid, tmax, tmin, med, info: TokenInfo) -> None:
         # Token-level signed extremes; every other extreme derives from these [N] vectors.
-        self.max = torch.maximum(self.max, tmax.amax())
-        self.min = torch.minimum(self.min, tmin.amin())
-        self.sample_max.index_reduce_(0, info.sample, tmax, "amax")
-        self.sample_min.index_reduce_(0, info.sample, tmin, "amin")
+        gmax, gmin = tmax.amax(), tmin.amin()
+        self.max = torch.maximum(self.max, gmax)
+        self.min = torch.minimum(self.min, gmin)
+        self._update_per_sample(tmax, tmin, gmax, gmin, info)
         tabs = torch.maximum(tmax, -tmin)  # -inf for padding rows
         self.n_tokens += tok_valid.sum()
         if self.full:
             self._update_sun(tabs, med, tok_valid)
         self._update_topk(x, tok_valid, tabs, med, info)
+
+    def _update_per_sample(self, tmax, tmin, gmax, gmin, info: TokenInfo) -> None:
+        if info.unknown_origin:
+            self.sample_max[-1:] = torch.maximum(self.sample_max[-1:], gmax)
+            self.sample_min[-1:] = torch.minimum(self.sample_min[-1:], gmin)
+            return
+        if info.batch_shape is None or info.batch_samples is None:
+            self.sample_max.index_reduce_(0, info.sample, tmax, "amax")
+            self.sample_min.index_reduce_(0, info.sample, tmin, "amin")
+            return
+        b, t = info.batch_shape
+        if info.rows is not None:  # packed real tokens: back to their [B, T] places (padding: -inf/+inf)
+            tmax = tmax.new_full((b * t,), -math.inf).index_copy_(0, info.rows, tmax)
+            tmin = tmin.new_full((b * t,), math.inf).index_copy_(0, info.rows, tmin)
+        idx = info.batch_samples
+        # One reduction per batch row; the rows are distinct samples, so the write has no conflicts.
+        self.sample_max[idx] = torch.maximum(self.sample_max[idx], tmax.view(b, t).amax(1))
+        self.sample_min[idx] = torch.minimum(self.sample_min[idx], tmin.view(b, t).amin(1))
 
     def _update_sun(self, tabs, med, tok_valid) -> None:
         has_ratio = tok_valid & (med > 0)
@@ -209,11 +258,13 @@ class PointStats:
         passed = tok_valid & (tabs > SUN_T_VAL) & (ratio > SUN_T_RATIO)
         self.sun_n_pass += passed.sum()
         r = torch.where(has_ratio, ratio, -1.0)
-        i = r.argmax()
-        better = r[i] > self.sun_max_ratio
-        self.sun_max_ratio = torch.where(better, r[i], self.sun_max_ratio)
-        self.sun_max_ratio_abs = torch.where(better, tabs[i], self.sun_max_ratio_abs)
-        self.sun_max_ratio_median = torch.where(better, med[i], self.sun_max_ratio_median)
+        # index_select, not r[i]: indexing with a 0-dim CUDA tensor calls .item() (a host sync).
+        i = r.argmax().reshape(1)
+        ri, ti, mi = (v.index_select(0, i).reshape(()) for v in (r, tabs, med))
+        better = ri > self.sun_max_ratio
+        self.sun_max_ratio = torch.where(better, ri, self.sun_max_ratio)
+        self.sun_max_ratio_abs = torch.where(better, ti, self.sun_max_ratio_abs)
+        self.sun_max_ratio_median = torch.where(better, mi, self.sun_max_ratio_median)
 
     def _update_topk(self, x, tok_valid, tabs, med, info: TokenInfo) -> None:
         # The top-k elements lie in the top-k tokens by token max |a|: gather only those rows.
@@ -250,9 +301,12 @@ class PointStats:
         for k, v in state.items():
             setattr(self, k, v.to(self.device))
 
-    def finalize(self) -> dict:
-        """Host-side summary in the published files' key names (plus extras)."""
-        s = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+    def finalize(self, state: dict[str, torch.Tensor] | None = None) -> dict:
+        """Host-side summary in the published files' key names (plus extras).
+
+        ``state``: this point's state already on the host (see ``Measurement.host_state``).
+        """
+        s = {k: v.detach().cpu() for k, v in (state or self.state_dict()).items()}
         n = int(s["count"])
         out: dict = {"count": float(n)}
         if n:
@@ -302,9 +356,10 @@ class PointStats:
             out["abs_hist_zero_frac"] = int(s["n_zero"]) / n
         return out
 
-    def per_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_sample(self, state: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample signed max and min (``[n_samples]``; ±inf where a sample had no row here)."""
-        return self.sample_max[:-1].detach().cpu(), self.sample_min[:-1].detach().cpu()
+        s = state or self.state_dict()
+        return s["sample_max"][:-1].detach().cpu(), s["sample_min"][:-1].detach().cpu()
 
 
 def hist_edges() -> torch.Tensor:
