@@ -1,4 +1,8 @@
-"""Time each part of one PointStats.update on a GPU-sized activation (where the overhead goes)."""
+"""Time each part of one PointStats.update (where the overhead goes).
+
+    python benchmarks/profile_stats.py                                   # GPU: [65536, 4096|12288] bf16
+    python benchmarks/profile_stats.py --device cpu --tokens 3072 --channels 640 2048
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,18 @@ import torch
 from maxact import stats as S
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def bench(fn, n=5):
     fn()
-    torch.cuda.synchronize()
+    _sync()
     t = time.perf_counter()
     for _ in range(n):
         fn()
-    torch.cuda.synchronize()
+    _sync()
     return (time.perf_counter() - t) / n * 1e3
 
 
@@ -24,8 +33,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=65536)
     ap.add_argument("--channels", type=int, nargs="+", default=[4096, 12288])
+    ap.add_argument("--device", default="cuda")
     a = ap.parse_args()
-    dev = torch.device("cuda")
+    dev = torch.device(a.device)
+    if dev.type == "cpu":  # the CPU path: float32 activations; update chunk sizes compared
+        for c in a.channels:
+            x = torch.randn(a.tokens, c) * 3
+            valid = torch.ones(a.tokens, dtype=torch.bool)
+            valid[int(a.tokens * 0.8):] = False
+            info = S.TokenInfo(valid, torch.zeros(a.tokens, dtype=torch.long), torch.arange(a.tokens),
+                               torch.zeros(a.tokens, dtype=torch.long))
+            r = {"read (x.sum)": bench(lambda: x.sum())}
+            default = S._CHUNK_ELEMENTS_CPU
+            for chunk in (1 << 26, 1 << 20, 1 << 18, 1 << 16):
+                S._CHUNK_ELEMENTS_CPU = chunk
+                r[f"update full, chunk 2**{chunk.bit_length() - 1}"] = bench(lambda: S.PointStats("p", 1, dev).update(x, info))
+                r[f"update basic, chunk 2**{chunk.bit_length() - 1}"] = bench(
+                    lambda: S.PointStats("p", 1, dev, full=False).update(x, info))
+            S._CHUNK_ELEMENTS_CPU = default
+            print(f"tokens={a.tokens} channels={c}: " + "; ".join(f"{k} {v:.2f} ms" for k, v in r.items()), flush=True)
+        return
     for c in a.channels:
         x = torch.randn(a.tokens, c, device=dev, dtype=torch.bfloat16)
         valid = torch.ones(a.tokens, dtype=torch.bool, device=dev)
