@@ -32,7 +32,8 @@ TOPK = 100
 QUANTILES = {"abs_q25": 0.25, "abs_median": 0.5, "abs_q75": 0.75, "abs_q90": 0.90, "abs_q99": 0.99, "abs_q999": 0.999}
 # Rows per update chunk are chosen so that a chunk holds at most this many elements.  On CPU a small
 # chunk keeps the float32 temporaries in the L2 cache and out of fresh (page-faulting) allocations:
-# 1.7x faster on [3072, 2048] on a 2-core Xeon than 2**26 (benchmarks/profile_stats.py --device cpu).
+# on [3072, 2048] with 20% padding rows, 2-core Xeon, one update with everything on took 230 ms in
+# chunks of 2**26 elements and 120-150 ms in chunks of 2**18 (benchmarks/profile_stats.py --device cpu).
 _CHUNK_ELEMENTS = 1 << 26
 _CHUNK_ELEMENTS_CPU = 1 << 18
 # The fused kernels (maxact.kernels: CUDA or Triton) on CUDA; MAXACT_TRITON=0 (or MAXACT_KERNEL=torch)
@@ -86,6 +87,42 @@ def _fused_partials(x: torch.Tensor, tok_valid: torch.Tensor, full: bool):
 
 
 _fused_partials_compiled = torch.compile(_fused_partials, dynamic=True) if hasattr(torch, "compile") else _fused_partials
+
+
+def _cpu_partials(x: torch.Tensor, full: bool):
+    """:func:`_fused_partials` for the CPU on real rows only (padding removed beforehand): no per-element
+    validity masks, and the NaN/Inf-aware extremes only for the (usually no) rows that hold a non-finite
+    value.  Same outputs; the host has no device to synchronise, so row selection by value is free."""
+    in_dtype = x.dtype
+    x = x.float()
+    c = x.shape[-1]
+    finite = torch.isfinite(x)
+    fin_rows = finite.sum(-1)
+    count = fin_rows.sum()
+    n_nan = torch.isnan(x).sum()
+    n_inf = (x.numel() - count) - n_nan
+    xz = torch.where(finite, x, 0.0)
+    s1 = xz.sum(-1).sum(dtype=torch.float64)
+    s2 = torch.linalg.vecdot(xz, xz).sum(dtype=torch.float64)
+    a = xz.abs()
+    sa = a.sum(-1).sum(dtype=torch.float64)
+    tmax, tmin = x.amax(-1), x.amin(-1)
+    bad = (fin_rows != c).nonzero().flatten()
+    xb, fb = x.index_select(0, bad), finite.index_select(0, bad)
+    tmax.index_copy_(0, bad, torch.where(fb, xb, -math.inf).amax(-1))
+    tmin.index_copy_(0, bad, torch.where(fb, xb, math.inf).amin(-1))
+    if not full:
+        return n_nan, n_inf, count, s1, s2, sa, tmax, tmin, None, None, None
+    n_zero = (a == 0).sum() - (x.numel() - count)  # zeros among the finite values
+    la = torch.log10(a.clamp_min(1e-30)).clamp_(HIST_LOG10_LO, HIST_LOG10_HI - 1e-6)
+    la = torch.where(a > 0, la, HIST_LOG10_HI + 100.0)  # zeros and non-finite values are not counted
+    return n_nan, n_inf, count, s1, s2, sa, tmax, tmin, n_zero, la, a.to(in_dtype)
+
+
+def _cat(parts: list, like: torch.Tensor, empty_value: float) -> torch.Tensor:
+    if not parts:  # no real row at all
+        return torch.full((0,), empty_value, dtype=torch.float32, device=like.device)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 @dataclass
@@ -200,10 +237,18 @@ class PointStats:
         # Row chunks bound the float32 temporaries (memory stays near the bare forward's).
         rows = max(1, (_CHUNK_ELEMENTS if x.is_cuda else _CHUNK_ELEMENTS_CPU) // c)
         tmax_parts, tmin_parts, med_parts = [], [], []
-        partials = (_fused_partials_compiled if _COMPILE else _fused_partials) if x.is_cuda else _fused_partials
+        real_rows = None
+        if not x.is_cuda:  # CPU: statistics of the real rows only; padding rows get -inf/+inf/0 below
+            real_rows = tok_valid.nonzero().flatten()
+            x_all, x = x, x.index_select(0, real_rows)
+            n = x.shape[0]
+        partials = (_fused_partials_compiled if _COMPILE else _fused_partials) if x.is_cuda else None
         for start in range(0, n, rows):
             xc, vc = x[start : start + rows], tok_valid[start : start + rows]
-            n_nan, n_inf, count, s1, s2, sa, tmax, tmin, n_zero, la, a = partials(xc, vc, self.full)
+            if partials is None:
+                n_nan, n_inf, count, s1, s2, sa, tmax, tmin, n_zero, la, a = _cpu_partials(xc, self.full)
+            else:
+                n_nan, n_inf, count, s1, s2, sa, tmax, tmin, n_zero, la, a = partials(xc, vc, self.full)
             self.n_nan += n_nan
             self.n_inf += n_inf
             self.count += count
@@ -217,9 +262,15 @@ class PointStats:
                 kernels.histc_accumulate(self.hist, la)
                 # Lower median over channels (torch.median's convention); padding rows are all-zero.
                 med_parts.append(_row_lower_median(a, (c + 1) // 2))
-        tmax = torch.cat(tmax_parts) if len(tmax_parts) > 1 else tmax_parts[0]
-        tmin = torch.cat(tmin_parts) if len(tmin_parts) > 1 else tmin_parts[0]
-        med = (torch.cat(med_parts) if len(med_parts) > 1 else med_parts[0]) if self.full else None
+        tmax = _cat(tmax_parts, x, -math.inf)
+        tmin = _cat(tmin_parts, x, math.inf)
+        med = _cat(med_parts, x, 0.0) if self.full else None
+        if real_rows is not None:  # back to every row: padding rows are -inf / +inf / median 0
+            x = x_all
+            n_all = x.shape[0]
+            tmax = tmax.new_full((n_all,), -math.inf).index_copy_(0, real_rows, tmax)
+            tmin = tmin.new_full((n_all,), math.inf).index_copy_(0, real_rows, tmin)
+            med = med.new_zeros((n_all,)).index_copy_(0, real_rows, med) if med is not None else None
         self._update_extremes(x, tok_valid, tmax, tmin, med, info)
 
     def _update_extremes(self, x, tok_valid, tmax, tmin, med, info: TokenInfo) -> None:
