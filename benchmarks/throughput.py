@@ -82,7 +82,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     from maxact.engine import Measurement, assemble_result, collate, make_batches, resolve_dtype, run_batches
-    from maxact.measure import full_kinds
+    from maxact.measure import full_kinds, statistics_kernel
 
     fk = full_kinds(a.full_stats)
 
@@ -127,8 +127,6 @@ def main(argv=None):
     warm.remove()
     warmup_s = time.perf_counter() - t0
 
-    from maxact import kernels, stats
-
     host_syncs = {}
     if dev.type == "cuda":
         # Host synchronisations (.item(), D2H copies, nonzero, ...) on one batch, bare and measured:
@@ -155,7 +153,7 @@ def main(argv=None):
         host_syncs = {"bare": len(bare_syncs), "measured": len(meas_syncs), "measured_examples": sorted(set(meas_syncs))[:5]}
         print(f"host syncs on one batch: bare forward {len(bare_syncs)}, measured {len(meas_syncs)} {host_syncs['measured_examples']}", flush=True)
 
-    res = {"preset": a.preset, "full_stats": a.full_stats, "kernel_backend": kernels.backend_for(torch.zeros(1, model.config.hidden_size, dtype=dtype, device=dev)) if stats._TRITON else "torch", "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
+    res = {"preset": a.preset, "full_stats": a.full_stats, "kernel_backend": statistics_kernel(dev, dtype), "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "samples": len(samples), "tokens": n_tok, "batches": len(batches), "mean_len": float(np.mean(lengths)),
            "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s, "host_syncs": host_syncs, "runs": []}

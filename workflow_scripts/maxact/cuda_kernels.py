@@ -31,6 +31,7 @@ Anything unavailable makes :func:`available` false, and :mod:`maxact.kernels` fa
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -38,7 +39,9 @@ import warnings
 
 import torch
 
-from .kernels import HIST_BINS, HIST_LOG10_HI, HIST_LOG10_LO, histc_accumulate
+from .kernels import _EXP_ALL, _MAX_ELEMS_PER_LAUNCH, HIST_BINS, HIST_LOG10_HI, HIST_LOG10_LO, _sm_count
+from .kernels import _KIND as _ALL_KINDS
+from .kernels import histc_accumulate, outputs
 
 MAX_C = 32768
 # Elements a thread holds (chunks of 8; two keys a register): 32 fits the 64 registers a thread has at
@@ -50,9 +53,7 @@ _ELEMS_WIDE = int(os.environ.get("MAXACT_CUDA_ELEMS", "48"))
 if _ELEMS_WIDE not in (32, 48, 64):
     raise ValueError(f"MAXACT_CUDA_ELEMS must be 32, 48 or 64, not {_ELEMS_WIDE}")
 _KEYS = 1 << 15
-_KIND = {torch.bfloat16: 0, torch.float16: 1}
-_EXP_ALL = {0: 0x7F80, 1: 0x7C00}
-_MAX_ELEMS_PER_LAUNCH = (1 << 31) - 1  # per-block uint32 counts cannot overflow
+_KIND = {dt: k for dt, k in _ALL_KINDS.items() if k < 2}  # the 16-bit kinds (bf16 0, fp16 1) of maxact.kernels
 
 SOURCE = r"""
 #define FULL 0xffffffffu
@@ -334,15 +335,6 @@ def kernel_attributes(k) -> dict:
     return out
 
 
-_SM: dict = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.index not in _SM:
-        _SM[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SM[device.index]
-
-
 @torch.no_grad()
 def row_stats(x: torch.Tensor, row_valid_u8: torch.Tensor, hist: torch.Tensor | None, want_median: bool) -> dict:
     """The kernels.row_stats contract; ``row_valid_u8`` is uint8 [N] on x's device, ``hist`` int64 [512]."""
@@ -365,11 +357,9 @@ def row_stats(x: torch.Tensor, row_valid_u8: torch.Tensor, hist: torch.Tensor | 
     xs = x.view(torch.int16)
     rows_per_launch = max(1, _MAX_ELEMS_PER_LAUNCH // c)
     threads, groups = d["THREADS"], d["NGROUPS"]
-    other = dev.index != torch.cuda.current_device()
-    ctx = torch.cuda.device(dev) if other else None
-    if ctx is not None:
-        ctx.__enter__()
-    try:
+    # Launch on x's device (a model split over GPUs calls this for any of them).
+    on_dev = torch.cuda.device(dev) if dev.index != torch.cuda.current_device() else contextlib.nullcontext()
+    with on_dev:
         k = _kernel(d, dev)
         for r0 in range(0, n, rows_per_launch):
             r1 = min(n, r0 + rows_per_launch)
@@ -379,13 +369,7 @@ def row_stats(x: torch.Tensor, row_valid_u8: torch.Tensor, hist: torch.Tensor | 
             args = [xs[r0:r1], row_valid_u8[r0:r1]] + [f[j, r0:] for j in range(5)] + [i[j, r0:] for j in range(4)]
             args += [f[5, r0:], table, hist_arg, nr, c, x.stride(0), (c + 1) // 2]
             k(grid=(blocks, 1, 1), block=(threads, 1, 1), args=args, shared_mem=_shared_bytes(d))
-    finally:
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
-    out = {"max": f[0], "min": f[1], "sum": f[2], "sumsq": f[3], "abssum": f[4],
-           "count": i[0], "nan": i[1], "inf": i[2], "zero": i[3],
-           # The same rows as two blocks, so callers can total them in two reductions instead of seven.
-           "sums_block": f[2:5], "counts_block": i}
+    out = outputs(f[:5], i)
     if want_median:
         out["median"] = f[5]
     return out

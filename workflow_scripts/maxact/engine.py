@@ -385,11 +385,15 @@ def run_batches(
     return {"oom_splits": splits, "seconds": time.perf_counter() - t0}
 
 
-def assemble_result(meas: Measurement, sample_ids: Sequence[str], decode: Callable[[int], str] | None) -> dict:
-    """Host-side summary: published-format ``per_layer_stats`` plus peaks, top-k and routing."""
+def assemble_result(meas: Measurement, sample_ids: Sequence[str], decode: Callable[[int], str] | None,
+                    host: dict | None = None) -> dict:
+    """Host-side summary: published-format ``per_layer_stats`` plus peaks, top-k and routing.
+
+    ``host``: ``meas.host_state()`` when the caller already has it (one transfer to the host at the end).
+    """
     per_layer, peaks, tops = {}, {}, {}
     order = _point_order(meas)
-    host = meas.host_state()  # one transfer to the host at the end
+    host = host if host is not None else meas.host_state()
     for name in order:
         ps = meas.points[name]
         st = ps.finalize(host[name])
@@ -427,11 +431,11 @@ def assemble_result(meas: Measurement, sample_ids: Sequence[str], decode: Callab
     return result
 
 
-def per_sample_table(meas: Measurement, sample_ids: Sequence[str]):
+def per_sample_table(meas: Measurement, sample_ids: Sequence[str], host: dict | None = None):
     import pandas as pd
 
     cols = {"sample_id": list(sample_ids)}
-    host = meas.host_state()
+    host = host if host is not None else meas.host_state()
     for name in _point_order(meas):
         mx, mn = meas.points[name].per_sample(host[name])
         cols[f"{name}:max"] = mx.numpy()

@@ -65,7 +65,20 @@ except Exception:  # pragma: no cover
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-OUT_KEYS = ("max", "min", "sum", "sumsq", "abssum", "count", "nan", "inf", "zero")
+FLOAT_KEYS = ("max", "min", "sum", "sumsq", "abssum")
+INT_KEYS = ("count", "nan", "inf", "zero")
+OUT_KEYS = FLOAT_KEYS + INT_KEYS
+
+
+def outputs(f: torch.Tensor, i: torch.Tensor) -> dict:
+    """The contract's dict over two blocks: float32 ``f`` [5, N] (FLOAT_KEYS rows) and int32 ``i`` [4, N]
+    (INT_KEYS rows).  ``sums_block`` (sum, sumsq, abssum) and ``counts_block`` let callers total all rows
+    in two reductions instead of seven."""
+    out = dict(zip(FLOAT_KEYS, f))
+    out.update(zip(INT_KEYS, i))
+    out["sums_block"] = f[2:5]
+    out["counts_block"] = i
+    return out
 
 
 # ----------------------------------------------------------------------------------------- reference
@@ -80,17 +93,21 @@ def row_stats_reference(x: torch.Tensor, row_valid: torch.Tensor, hist: torch.Te
     valid = fin & tv
     xz = torch.where(valid, xf, 0.0)
     a = xz.abs()
-    out = {
-        "max": torch.where(valid, xf, -math.inf).amax(-1) if c else torch.full((n,), -math.inf, device=x.device),
-        "min": torch.where(valid, xf, math.inf).amin(-1) if c else torch.full((n,), math.inf, device=x.device),
-        "sum": xz.sum(-1),
-        "sumsq": (xz * xz).sum(-1),
-        "abssum": a.sum(-1),
-        "count": valid.sum(-1, dtype=torch.int32),
-        "nan": (torch.isnan(xf) & tv).sum(-1, dtype=torch.int32),
-        "inf": (torch.isinf(xf) & tv).sum(-1, dtype=torch.int32),
-        "zero": (valid & (a == 0)).sum(-1, dtype=torch.int32),
-    }
+    out = outputs(
+        torch.stack([
+            torch.where(valid, xf, -math.inf).amax(-1) if c else torch.full((n,), -math.inf, device=x.device),
+            torch.where(valid, xf, math.inf).amin(-1) if c else torch.full((n,), math.inf, device=x.device),
+            xz.sum(-1),
+            (xz * xz).sum(-1),
+            a.sum(-1),
+        ]),
+        torch.stack([
+            valid.sum(-1, dtype=torch.int32),
+            (torch.isnan(xf) & tv).sum(-1, dtype=torch.int32),
+            (torch.isinf(xf) & tv).sum(-1, dtype=torch.int32),
+            (valid & (a == 0)).sum(-1, dtype=torch.int32),
+        ]),
+    )
     if want_median:
         out["median"] = a.kthvalue((c + 1) // 2, dim=-1).values.float()
     if hist is not None:
@@ -411,7 +428,7 @@ def row_stats(x: torch.Tensor, row_valid: torch.Tensor, hist: torch.Tensor | Non
     dev = x.device
     f32 = dict(dtype=torch.float32, device=dev)
     i32 = dict(dtype=torch.int32, device=dev)
-    out = {k: torch.empty(n, **(i32 if k in ("count", "nan", "inf", "zero") else f32)) for k in OUT_KEYS}
+    out = outputs(torch.empty(len(FLOAT_KEYS), n, **f32), torch.empty(len(INT_KEYS), n, **i32))
     med = torch.empty(n, **f32) if want_median else torch.empty(1, **f32)
     copies = cfg["hist_copies"]
     scratch = torch.zeros(HIST_BINS * copies, **i32) if hist is not None else torch.empty(1, **i32)

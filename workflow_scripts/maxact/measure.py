@@ -161,8 +161,9 @@ def measure_checkpoint(
         run = run_batches(meas, samples, batches, pad_id, progress=bar.update, start_batch=start, on_batch_done=save_state)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    result_core = assemble_result(meas, sample_ids, decode=lambda i: tok.decode([i]))
-    per_sample = per_sample_table(meas, sample_ids)
+    host = meas.host_state()  # every statistic to the host once, for both tables
+    result_core = assemble_result(meas, sample_ids, decode=lambda i: tok.decode([i]), host=host)
+    per_sample = per_sample_table(meas, sample_ids, host=host)
     meas.remove()
 
     text_cfg = getattr(model.config, "text_config", None) or model.config

@@ -119,9 +119,9 @@ def _cpu_partials(x: torch.Tensor, full: bool):
     return n_nan, n_inf, count, s1, s2, sa, tmax, tmin, n_zero, la, a.to(in_dtype)
 
 
-def _cat(parts: list, like: torch.Tensor, empty_value: float) -> torch.Tensor:
+def _cat(parts: list, like: torch.Tensor) -> torch.Tensor:
     if not parts:  # no real row at all
-        return torch.full((0,), empty_value, dtype=torch.float32, device=like.device)
+        return torch.empty(0, dtype=torch.float32, device=like.device)
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
@@ -212,26 +212,16 @@ class PointStats:
         if _TRITON and x.is_cuda and kernels.fused_available(x):
             # One fused kernel reads each row once (see maxact.kernels / maxact.cuda_kernels).
             r = kernels.row_stats(x, tok_valid, self.hist if self.full else None, want_median=self.full)
-            if "sums_block" in r:  # the CUDA kernel's rows come as blocks: two reductions, not seven
-                sums = r["sums_block"].sum(1, dtype=torch.float64)
-                counts = r["counts_block"].sum(1)
-                self.sum += sums[0]
-                self.sumsq += sums[1]
-                self.abs_sum += sums[2]
-                self.count += counts[0]
-                self.n_nan += counts[1]
-                self.n_inf += counts[2]
-                if self.full:
-                    self.n_zero += counts[3]
-            else:
-                self.n_nan += r["nan"].sum()
-                self.n_inf += r["inf"].sum()
-                self.count += r["count"].sum()
-                self.sum += r["sum"].sum(dtype=torch.float64)
-                self.sumsq += r["sumsq"].sum(dtype=torch.float64)
-                self.abs_sum += r["abssum"].sum(dtype=torch.float64)
-                if self.full:
-                    self.n_zero += r["zero"].sum()
+            sums = r["sums_block"].sum(1, dtype=torch.float64)  # sum, sumsq, abssum: one reduction
+            counts = r["counts_block"].sum(1)  # count, nan, inf, zero: one reduction
+            self.sum += sums[0]
+            self.sumsq += sums[1]
+            self.abs_sum += sums[2]
+            self.count += counts[0]
+            self.n_nan += counts[1]
+            self.n_inf += counts[2]
+            if self.full:
+                self.n_zero += counts[3]
             self._update_extremes(x, tok_valid, r["max"], r["min"], r.get("median"), info)
             return
         # Row chunks bound the float32 temporaries (memory stays near the bare forward's).
@@ -262,9 +252,9 @@ class PointStats:
                 kernels.histc_accumulate(self.hist, la)
                 # Lower median over channels (torch.median's convention); padding rows are all-zero.
                 med_parts.append(_row_lower_median(a, (c + 1) // 2))
-        tmax = _cat(tmax_parts, x, -math.inf)
-        tmin = _cat(tmin_parts, x, math.inf)
-        med = _cat(med_parts, x, 0.0) if self.full else None
+        tmax = _cat(tmax_parts, x)
+        tmin = _cat(tmin_parts, x)
+        med = _cat(med_parts, x) if self.full else None
         if real_rows is not None:  # back to every row: padding rows are -inf / +inf / median 0
             x = x_all
             n_all = x.shape[0]
