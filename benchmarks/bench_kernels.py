@@ -96,6 +96,13 @@ def bench_shape(n: int, c: int, dtype, iters: int, sweep: bool) -> None:
 
         d = CK.defines(CK._KIND[dtype], c, c % 8 == 0, True, True)
         print(f"  cuda kernel {d}: {CK.kernel_attributes(CK._kernel(d, x.device))}")
+        for half in (False, True):  # the median's integer SIMD compares against packed fp16 compares
+            CK._HALF_CMP = half
+            ms = cuda_ms(lambda: K.row_stats(x, valid, hist, True, backend="cuda"), iters)
+            hg = torch.zeros(512, dtype=torch.int64, device="cuda")
+            ok = agree(K.row_stats(x, valid, hg, True, backend="cuda"), want, hg, hr)
+            print(f"  cuda   median compares {'fp16x2' if half else 'int   '}: median+hist {ms:8.3f} ms  check: {ok}")
+        CK._HALF_CMP = True
         if c > 8192:  # elements a thread holds for wide rows (MAXACT_CUDA_ELEMS)
             default, best = CK._ELEMS_WIDE, None
             for e in (32, 48, 64):

@@ -176,3 +176,26 @@ def test_cuda_kernel_in_point_stats_equals_torch_path():
             assert w == pytest.approx(v, rel=1e-5, abs=1e-7, nan_ok=True), k
         else:
             assert w == v, k
+
+
+@cuda
+@pytest.mark.parametrize("dtype", SIXTEEN_BIT)
+@pytest.mark.parametrize("c", [640, 4096, 12288])
+def test_cuda_kernel_median_at_extreme_magnitudes(dtype, c):
+    """The median's two compare paths: packed fp16 compares (keys below fp16's inf pattern, including
+    patterns that read as fp16 subnormals) and the integer fallback (bf16 rows holding |a| >= 2**121)."""
+    g = torch.Generator().manual_seed(c)
+    info = torch.finfo(dtype)
+    rows = [
+        torch.randn(c, generator=g) * 1e-3,
+        torch.rand(c, generator=g) * info.tiny,  # subnormals (and, read as fp16, subnormal patterns)
+        torch.randn(c, generator=g) * info.max / 8,  # bf16: beyond 2**121 -> integer path
+        torch.cat([torch.randn(c // 2, generator=g), torch.full((c - c // 2,), info.max)]),
+        torch.cat([torch.randn(c - 3, generator=g) * 1e-30, torch.tensor([info.max, -info.max, info.tiny])]),
+    ]
+    x = torch.stack(rows).to(dtype).cuda()
+    valid = torch.ones(len(rows), dtype=torch.bool, device="cuda")
+    got = K.row_stats(x, valid, None, True, backend="cuda")
+    ref = K.row_stats_reference(x, valid, None, True)
+    assert torch.equal(got["median"], ref["median"]), (got["median"], ref["median"])
+    assert torch.equal(got["max"], ref["max"]) and torch.equal(got["min"], ref["min"])

@@ -40,16 +40,20 @@ def _run(setup, out, **settings):
     return measure_checkpoint(prepared, df, meta, out, settings={"device": "cpu", "batch_size": 4, **settings})
 
 
-def test_oom_halves_the_batch_and_gives_identical_results(setup, tmp_path):
+@pytest.mark.parametrize("in_hook", [None, "layer_1_mlp_output", "final_layernorm"])
+def test_oom_halves_the_batch_and_gives_identical_results(setup, tmp_path, in_hook):
+    """Out of memory before a forward, or deep inside one (in_hook: after earlier points, routers and
+    experts were recorded): nothing of the failed batch may count, so the halved run equals the plain one."""
     ref = _run(setup, tmp_path / "ref")
     longest = max(setup[1]["n_tokens"])
-    got = _run(setup, tmp_path / "oom", simulate_oom_tokens=2 * longest)
+    got = _run(setup, tmp_path / "oom", simulate_oom_tokens=2 * longest, simulate_oom_in_hook=in_hook)
     assert got["provenance"]["oom_splits"], "the batch should have been split"
     # Smaller batches pad differently, so sums may differ in the last float bits; nothing is lost or double counted.
     for comp, st in ref["per_layer_stats"].items():
         for k, v in st.items():
             assert got["per_layer_stats"][comp][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (comp, k)
     assert got["global_max_location"] == ref["global_max_location"]
+    assert got["expert_routing"] == ref["expert_routing"]
     a = pd.read_parquet(tmp_path / "ref" / "per_sample_extremes.parquet")
     b = pd.read_parquet(tmp_path / "oom" / "per_sample_extremes.parquet")
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)

@@ -207,3 +207,48 @@ def test_cpu_partials_equal_masked_partials_on_real_rows(dtype):
             assert torch.equal(o, w), (i, o, w)
     basic = S._cpu_partials(x, False)
     assert basic[8:] == (None, None, None) and torch.equal(basic[6], want[6]) and torch.equal(basic[7], want[7])
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deferred_fold_of_many_points_equals_each_point_alone(device):
+    """Points sharing their token rows are folded together at the end of a batch (stats.Deferred): the
+    statistics equal those of folding each point on its own, over batches of every layout."""
+    from maxact import stats as S
+
+    g = torch.Generator().manual_seed(3)
+    b, t, n_samples = 3, 9, 7
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    widths = [16, 16, 24, 16]
+    fulls = [True, True, True, False]
+    alone = [S.PointStats(f"p{i}", n_samples, device, full=f, topk=5) for i, f in enumerate(fulls)]
+    together = [S.PointStats(f"p{i}", n_samples, device, full=f, topk=5) for i, f in enumerate(fulls)]
+    for batch, samples in enumerate(([0, 3, 5], [6, 1, 2])):
+        mask = torch.ones(b, t, dtype=torch.bool)
+        mask[1, 5 + batch:] = False
+        mask[2, 2:] = False
+        sidx = torch.tensor(samples)
+        ids = torch.arange(b * t).reshape(b, t) + 100 * batch
+        base = _info(mask, sidx, ids)
+        laid = TokenInfo(base.valid, base.sample, base.position, base.token_id, batch_shape=(b, t), batch_samples=sidx)
+        laid = laid.to(device)
+        xs = [(torch.randn(b, t, c, generator=g) * (1 + 40 * i)) for i, c in enumerate(widths)]
+        xs[1][0, 2, 3] = 1e4  # a massive activation
+        xs[0][2, 1, :] = 0.0
+        xs = [x.to(dtype).to(device) for x in xs]
+        d = S.Deferred()
+        for ps_a, ps_t, x in zip(alone, together, xs):
+            ps_a.update(x, laid)
+            ps_t.update(x, laid, defer=d)
+        assert len(d.groups) == 3  # the wider point and the basic-only point fold apart
+        d.flush()
+    for ps_a, ps_t in zip(alone, together):
+        sa, st = ps_a.state_dict(), ps_t.state_dict()
+        assert sa.keys() == st.keys()
+        for k in sa:
+            if sa[k].dtype == torch.float64:
+                assert torch.allclose(st[k], sa[k], rtol=1e-12, atol=0), k
+            else:
+                assert torch.equal(st[k], sa[k]), k

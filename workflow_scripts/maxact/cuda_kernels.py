@@ -10,9 +10,11 @@ primitives Triton does not expose.
   ``log10`` / ``histc`` on the device (:func:`key_bin_table`): the bins equal the torch path's exactly.
   Triton's ``tl.histogram`` costs grow with the number of bins (512 here).
 * **Median.** Each row's 16-bit keys stay in registers, packed two per 32-bit register; the exact
-  lower median is a 15-step bisection where each step is a packed SIMD compare (``__vsetltu2``), a
-  hardware warp reduction (``__reduce_add_sync``) and, for rows spread over several warps, one
-  named barrier of that row's thread group.
+  lower median is a 15-step bisection where each step counts the keys below a candidate, a hardware
+  warp reduction (``__reduce_add_sync``) and, for rows spread over several warps, one named barrier of
+  that row's thread group.  The count is a packed fp16 compare and add per two keys (non-negative bit
+  patterns below fp16's inf order like integers; see ``count_below``), or the integer SIMD compare
+  ``__vsetltu2`` for bf16 rows holding |a| >= 2**121.
 
 A row is handled by a group of ``G`` threads (32..1024, a power of two) holding up to 32 elements
 each (48 for rows wider than 8,192); a 1024-thread block holds ``1024 / G`` groups (960 threads for
@@ -21,9 +23,9 @@ rounding differs from torch's summation order by a few ulps (the contract's tole
 counts, median and histogram are exact.
 
 Measured on an H200 (torch 2.11, NVRTC 13, bf16, 10% padding rows; ``benchmarks/bench_kernels.py``):
-[65536, 4096] reading once 0.166 ms, sums/extremes/counts 0.30 ms, + histogram 0.37 ms, + median
-0.89 ms (Triton kernel: 4.4 ms); [65536, 12288] 0.46 / 0.92 / 1.17 / 2.58 ms (Triton: 18.8 ms).
-The median's bisection is most of the cost.
+[65536, 4096] reading once 0.165 ms, sums/extremes/counts 0.29 ms, + histogram 0.38 ms, + median
+0.78 ms (integer compares: 0.92 ms; Triton kernel: 4.4 ms); [65536, 12288] 0.47 / 0.79 / 1.06 / 2.09 ms
+(integer compares 2.71 ms; Triton: 18.8 ms).  The median's bisection is still half of the cost.
 
 Compiling needs ``torch.cuda._compile_kernel`` (PyTorch >= 2.8, NVRTC from the CUDA wheels).
 Anything unavailable makes :func:`available` false, and :mod:`maxact.kernels` falls back to Triton.
@@ -53,6 +55,9 @@ _ELEMS_WIDE = int(os.environ.get("MAXACT_CUDA_ELEMS", "48"))
 if _ELEMS_WIDE not in (32, 48, 64):
     raise ValueError(f"MAXACT_CUDA_ELEMS must be 32, 48 or 64, not {_ELEMS_WIDE}")
 _KEYS = 1 << 15
+# The median's compares as packed fp16 (count_below in SOURCE); False keeps the integer SIMD path
+# everywhere (benchmarks/bench_kernels.py compares the two).
+_HALF_CMP = True
 _KIND = {dt: k for dt, k in _ALL_KINDS.items() if k < 2}  # the 16-bit kinds (bf16 0, fp16 1) of maxact.kernels
 
 SOURCE = r"""
@@ -71,6 +76,51 @@ __device__ __forceinline__ float to_f32(unsigned int h) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(s));
     return f;
 #endif
+}
+
+// Packed f16x2 compare / add (sm_53+): 1.0 where a < b per 16-bit lane; lane-wise sum.
+__device__ __forceinline__ unsigned int hlt2(unsigned int a, unsigned int b) {
+    unsigned int d;
+    asm("set.lt.f16x2.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+
+__device__ __forceinline__ unsigned int hadd2(unsigned int a, unsigned int b) {
+    unsigned int d;
+    asm("add.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+
+__device__ __forceinline__ float h2f(unsigned int h) {
+    float f;
+    unsigned short s = (unsigned short)h;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(s));
+    return f;
+}
+
+// Number of this thread's keys below cand. Keys are 15-bit |a| patterns (0xFFFF past the row's end).
+// Read as fp16 numbers, non-negative patterns below 0x7C00 (fp16 inf) order like integers, so where the
+// row's largest key is below it the count is a packed fp16 compare and add per two keys (FP16 pipe,
+// 2 instructions) instead of the integer SIMD emulation (__vsetltu2, ~4 integer instructions).
+// 0xFFFF is an fp16 NaN, which compares false; cand never exceeds 0x7C00 there (it is at most the
+// row's largest key with one lower bit set), and fp16 inf compares above every finite key.
+template <int NK>
+__device__ __forceinline__ int count_below(const unsigned int (&kp)[NK], unsigned int cand, bool half_cmp) {
+    const unsigned int c2 = cand | (cand << 16);
+    if (half_cmp) {
+        unsigned int a0 = 0u, a1 = 0u;  // f16x2 counts, at most NK per lane: exact
+#pragma unroll
+        for (int j = 0; j < NK; j += 2) {
+            a0 = hadd2(a0, hlt2(kp[j], c2));
+            if (j + 1 < NK) a1 = hadd2(a1, hlt2(kp[j + 1], c2));
+        }
+        a0 = hadd2(a0, a1);
+        return (int)(h2f(a0 & 0xFFFFu) + h2f(a0 >> 16));
+    }
+    unsigned int acc = 0u;
+#pragma unroll
+    for (int j = 0; j < NK; ++j) acc += __vsetltu2(kp[j], c2);
+    return (int)((acc & 0xFFFFu) + (acc >> 16));
 }
 
 __device__ __forceinline__ void group_sync(int g) {
@@ -93,7 +143,7 @@ maxact_row_stats(const unsigned short* __restrict__ x, const unsigned char* __re
 #if G > 32
     const int w = t >> 5;
     __shared__ float red_f[2][NGROUPS][WPG][5];
-    __shared__ int red_i[2][NGROUPS][WPG][4];
+    __shared__ int red_i[2][NGROUPS][WPG][5];
 #if MEDIAN
     __shared__ int red_c[2][NGROUPS][WPG];
 #endif
@@ -112,6 +162,9 @@ maxact_row_stats(const unsigned short* __restrict__ x, const unsigned char* __re
         unsigned int kp[NCH * 4];  // 16-bit keys, two per register
         float s1 = 0.f, s2 = 0.f, sa = 0.f, mx = -POS_INF, mn = POS_INF;
         int nf = 0, nn = 0, ni = 0, nz = 0;
+#if MEDIAN
+        unsigned int km = 0u;  // largest in-row key: picks the median's compare (count_below)
+#endif
 #pragma unroll
         for (int j = 0; j < NCH; ++j) {
             const int base = (j * G + t) * 8;
@@ -150,6 +203,9 @@ maxact_row_stats(const unsigned short* __restrict__ x, const unsigned char* __re
 #endif
                 }
                 const unsigned int key = inb ? (val ? bits : 0u) : 0xFFFFu;
+#if MEDIAN
+                km = max(km, inb ? key : 0u);
+#endif
                 if (e & 1) kp[j * 4 + (e >> 1)] |= key << 16;
                 else kp[j * 4 + (e >> 1)] = key;
             }
@@ -166,6 +222,9 @@ maxact_row_stats(const unsigned short* __restrict__ x, const unsigned char* __re
         nn = __reduce_add_sync(FULL, nn);
         ni = __reduce_add_sync(FULL, ni);
         nz = __reduce_add_sync(FULL, nz);
+#if MEDIAN
+        km = __reduce_max_sync(FULL, km);
+#endif
 #if G > 32
         // Double-buffered by row parity: the next row's writes come after this row's barriers.
         if (lane == 0) {
@@ -173,8 +232,14 @@ maxact_row_stats(const unsigned short* __restrict__ x, const unsigned char* __re
             f[0] = s1; f[1] = s2; f[2] = sa; f[3] = mx; f[4] = mn;
             int* q = red_i[parity][g][w];
             q[0] = nf; q[1] = nn; q[2] = ni; q[3] = nz;
+#if MEDIAN
+            q[4] = (int)km;
+#endif
         }
         group_sync(g);
+#if MEDIAN
+        for (int q = 0; q < WPG; ++q) km = max(km, (unsigned int)red_i[parity][g][q][4]);
+#endif
         if (t == 0) {
             s1 = 0.f; s2 = 0.f; sa = 0.f; mx = -POS_INF; mn = POS_INF; nf = 0; nn = 0; ni = 0; nz = 0;
             for (int q = 0; q < WPG; ++q) {
@@ -192,15 +257,14 @@ maxact_row_stats(const unsigned short* __restrict__ x, const unsigned char* __re
 #if MEDIAN
         // K-th smallest key: the largest p with #(key < p) < K, one bit at a time (MSB first).
         unsigned int p = 0u;
+        // Uniform over the group (km is group-reduced): fp16 keys are always below 0x7C00; bf16 keys
+        // reach it only for |a| >= 2**121.
+        const bool half_cmp = HALFCMP && (KIND == 1 || km < 0x7C00u);
         if (rv) {  // uniform over the group: invalid rows are all zeros, median 0
 #pragma unroll 1
             for (int b = 14; b >= 0; --b) {
                 const unsigned int cand = p | (1u << b);
-                const unsigned int c2 = cand | (cand << 16);
-                unsigned int acc = 0u;
-#pragma unroll
-                for (int j = 0; j < NCH * 4; ++j) acc += __vsetltu2(kp[j], c2);
-                int cnt = __reduce_add_sync(FULL, (int)((acc & 0xFFFFu) + (acc >> 16)));
+                int cnt = __reduce_add_sync(FULL, count_below(kp, cand, half_cmp));
 #if G > 32
                 if (lane == 0) red_c[b & 1][g][w] = cnt;
                 group_sync(g);
@@ -254,7 +318,7 @@ def launch_shape(c: int, elems: int | None = None) -> tuple[int, int, int, int]:
 def defines(kind: int, c: int, vec: bool, median: bool, hist: bool, elems: int | None = None) -> dict:
     g, nch, groups, threads = launch_shape(c, elems)
     return {"KIND": kind, "G": g, "NCH": nch, "NGROUPS": groups, "THREADS": threads, "VEC": int(vec),
-            "MEDIAN": int(median), "HIST": int(hist)}
+            "MEDIAN": int(median), "HIST": int(hist), "HALFCMP": int(_HALF_CMP)}
 
 
 def source_for(d: dict) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from .architectures import Family, LayerPoints, family_for, layer_points, resolve_backbone
 from .resultset import GLOBAL_KINDS, forward_order_key, parse_component
-from .stats import PointStats, TokenInfo
+from .stats import Deferred, PointStats, TokenInfo
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ class Measurement:
         self._packed_rows: torch.Tensor | None = None
         self._batch_shape: tuple[int, int] | None = None
         self._moved: dict = {}
+        # Row updates of the running batch, folded together when its forward ends (stats.fold).
+        self._deferred = Deferred()
+        self._unknown: dict = {}
         self._register()
 
     # ----------------------------------------------------------- registration
@@ -115,10 +118,12 @@ class Measurement:
         return ps
 
     def _record(self, name: str, x: torch.Tensor, info: TokenInfo | None = None) -> None:
+        if name == self.simulate_oom_in_hook and self._batch_shape[0] * self._batch_shape[1] > self.simulate_oom_tokens:
+            raise torch.OutOfMemoryError(f"simulated out of memory in the hook of {name} (Tried to allocate 1 tokens)")
         if info is None:
             info = self._info_for(x)
         # A model split over GPUs (device_map) keeps each point's statistics on its layer's GPU.
-        self._stats(name, x.device).update(x, self._on(info, x.device))
+        self._stats(name, x.device).update(x, self._on(info, x.device), defer=self._deferred)
 
     def _on(self, info: TokenInfo, device: torch.device) -> TokenInfo:
         if info.valid.device == device:
@@ -141,6 +146,13 @@ class Measurement:
 
     def _unknown_info(self, n: int, dev) -> TokenInfo:
         # Routed copies of real tokens (expert-internal rows): real by construction, origin unknown.
+        # One object per row count and device within a batch, so that points with as many rows fold together.
+        key = (n, str(dev))
+        if key not in self._unknown:
+            self._unknown[key] = self._new_unknown_info(n, dev)
+        return self._unknown[key]
+
+    def _new_unknown_info(self, n: int, dev) -> TokenInfo:
         return TokenInfo(
             valid=torch.ones(n, dtype=torch.bool, device=dev),
             sample=torch.full((n,), self.n_samples, dtype=torch.long, device=dev),
@@ -218,11 +230,15 @@ class Measurement:
                 self._record(f"layer_{i}_router_logits", outs[spec.router_logits_from_router], self._packed_info)
             if spec.indices_index is not None and lp.num_experts:
                 idx = outs[spec.indices_index].reshape(-1).long()
-                counts = self.expert_counts.get(i)
-                if counts is None:
-                    counts = self.expert_counts[i] = torch.zeros(lp.num_experts, dtype=torch.long, device=idx.device)
-                counts = self.expert_counts[i] = counts.to(idx.device)
-                counts.index_add_(0, idx, torch.ones_like(idx))
+
+                def count_routes(idx=idx):  # committed with the batch's statistics (stats.Deferred)
+                    counts = self.expert_counts.get(i)
+                    if counts is None:
+                        counts = torch.zeros(lp.num_experts, dtype=torch.long, device=idx.device)
+                    counts = self.expert_counts[i] = counts.to(idx.device)
+                    counts.index_add_(0, idx, torch.ones_like(idx))
+
+                self._deferred.after.append(count_routes)
 
         self._hook(lp.moe_block, pack, pre=True)
         self._hook(lp.moe_block, unpack)
@@ -253,6 +269,8 @@ class Measurement:
         b, t = batch.input_ids.shape
         self._batch_shape = (b, t)
         self._moved = {}
+        self._unknown = {}
+        self._deferred = Deferred()  # a batch interrupted by out-of-memory leaves nothing behind
         mask = _to_device(batch.attention_mask, device).bool()
         ids = _to_device(batch.input_ids, device)
         if len(set(batch.sample_index.tolist())) != b:  # host tensor: no device sync
@@ -273,12 +291,15 @@ class Measurement:
             batch_shape=(b, t), batch_samples=batch_samples, rows=rows,
         )
 
-    # Test hook: raise an out-of-memory error for batches above this many padded tokens (CPU path).
+    # Test hooks: raise an out-of-memory error for batches above this many padded tokens (CPU path),
+    # before the forward or, with simulate_oom_in_hook, from the hook of that point mid-forward.
     simulate_oom_tokens: int | None = None
+    simulate_oom_in_hook: str | None = None
 
     @torch.no_grad()
     def forward(self, batch: Batch) -> None:
-        if self.simulate_oom_tokens is not None and batch.input_ids.numel() > self.simulate_oom_tokens:
+        if (self.simulate_oom_tokens is not None and self.simulate_oom_in_hook is None
+                and batch.input_ids.numel() > self.simulate_oom_tokens):
             raise torch.OutOfMemoryError(
                 f"simulated out of memory: batch of {tuple(batch.input_ids.shape)} = {batch.input_ids.numel()} tokens "
                 f"exceeds the limit of {self.simulate_oom_tokens} (Tried to allocate {batch.input_ids.numel()} tokens)"
@@ -290,6 +311,7 @@ class Measurement:
             attention_mask=batch.attention_mask.to(dev),
             use_cache=False,
         )
+        self._deferred.flush()
 
     def input_device(self) -> torch.device:
         return self.backbone.get_input_embeddings().weight.device
@@ -315,11 +337,11 @@ class Measurement:
                 out[name][key] = part.view(t.shape)
         return out
 
-    def snapshot(self) -> dict:
-        return {
-            "points": {k: {n: t.clone() for n, t in v.state_dict().items()} for k, v in self.points.items()},
-            "expert_counts": {k: v.clone() for k, v in self.expert_counts.items()},
-        }
+    def discard_batch(self) -> None:
+        """Drop what a failed batch left pending (its statistics were never committed)."""
+        self._deferred = Deferred()
+        self._moved = {}
+        self._unknown = {}
 
     def restore(self, state: dict) -> None:
         keep = set(state["points"])
@@ -342,14 +364,13 @@ def run_batches(
     start_batch: int = 0,
     on_batch_done: Callable[[int], None] | None = None,
 ) -> dict:
-    """Run all batches; on CUDA out-of-memory halve the batch and retry it from a snapshot.
+    """Run all batches; on CUDA out-of-memory halve the batch and retry it (a failed batch committed
+    nothing: statistics change only when a batch's forward completes, see stats.Deferred).
 
     Returns run facts (batches run, OOM splits).
     """
     splits = []
     t0 = time.perf_counter()
-    # Snapshots make an interrupted batch undoable; only needed where OOM can happen mid-batch.
-    guard = meas.device.type == "cuda" or meas.simulate_oom_tokens is not None
     cap = None  # once a batch had to be halved, later batches start at the size that fitted
     for bi in range(start_batch, len(batches)):
         queue = [batches[bi]]
@@ -358,7 +379,6 @@ def run_batches(
             if cap is not None and len(idx) > cap:
                 queue[:0] = [idx[i : i + cap] for i in range(cap, len(idx), cap)]
                 idx = idx[:cap]
-            snap = meas.snapshot() if guard else None
             try:
                 meas.forward(collate(samples, idx, pad_id))
             except torch.OutOfMemoryError as e:
@@ -369,7 +389,7 @@ def run_batches(
                         f"{' (it tried to allocate ' + need.group(1) + ')' if need else ''}: {str(e).splitlines()[0]}. "
                         "Lower tokenization.max_seq_len, use bfloat16, or give the checkpoint more GPUs (gpus: N)."
                     ) from e
-                meas.restore(snap)
+                meas.discard_batch()  # statistics change only when a batch completes: nothing to undo
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 half = len(idx) // 2

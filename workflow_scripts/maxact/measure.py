@@ -36,6 +36,7 @@ DEFAULT_SETTINGS = {
     "topk": 100,
     "full_stats": "paper",
     "simulate_oom_tokens": None,  # tests: pretend batches above this many tokens run out of memory
+    "simulate_oom_in_hook": None,  # tests: ... and do so mid-forward, in this point's hook
 }
 
 
@@ -137,6 +138,7 @@ def measure_checkpoint(
     batches = make_batches(lengths, int(s["batch_size"]), s.get("max_batch_tokens"))
     meas = Measurement(model, len(samples), device, topk=int(s.get("topk") or 100), full_kinds=full_kinds(s.get("full_stats", "paper")))
     meas.simulate_oom_tokens = s.get("simulate_oom_tokens")
+    meas.simulate_oom_in_hook = s.get("simulate_oom_in_hook")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     state_path = out_dir / "partial_state.pt"
