@@ -374,26 +374,62 @@ class RowUpdate:
 class Deferred:
     """The row updates of one batch, folded at its end: points with the same token rows together
     (:func:`fold`), and every state change in one commit after all of them are computed.  A batch that
-    fails before or during the fold (out of memory) therefore changes no statistic: nothing to undo."""
+    fails before or during the fold (out of memory) therefore changes no statistic: nothing to undo.
+
+    A point updated more than once in a batch (a module called again, e.g. an expert activation run
+    once per expert) has its updates concatenated row-wise (:func:`merge_updates`) and folded once.
+    """
 
     def __init__(self):
-        self.groups: dict = {}
+        self.pending: dict = {}  # id(point) -> (point, RowUpdate)
         self.after: list = []  # other state changes of the batch (e.g. expert routing counts)
 
     def add(self, ps: PointStats, u: RowUpdate) -> None:
-        key = (id(u.info), u.rows.shape[-1], u.rows.dtype, ps.full, ps.topk, u.sums.dim())
-        self.groups.setdefault(key, ([], []))
-        self.groups[key][0].append(ps)
-        self.groups[key][1].append(u)
+        prev = self.pending.get(id(ps))
+        self.pending[id(ps)] = (ps, u if prev is None else merge_updates(prev[1], u))
 
     def flush(self) -> None:
-        groups, after, self.groups, self.after = self.groups, self.after, {}, []
+        pending, after, self.pending, self.after = self.pending, self.after, {}, []
+        groups: dict = {}
+        for ps, u in pending.values():
+            key = (id(u.info), u.rows.shape[-1], u.rows.dtype, ps.full, ps.topk, u.sums.dim())
+            grp = groups.setdefault(key, ([], []))
+            grp[0].append(ps)
+            grp[1].append(u)
         writes: list = []
         for points, updates in groups.values():
             writes += fold(points, updates, apply=False)
         commit(writes)
         for fn in after:
             fn()
+
+
+def merge_updates(a: RowUpdate, b: RowUpdate) -> RowUpdate:
+    """One update holding the rows of both (same point, same batch): rows concatenated, the token facts
+    too (per-sample extremes then by sample index), top-k candidate rows of both, partials joined."""
+    n_a = a.tmax.numel()
+
+    def cat(x, y):
+        return torch.cat([x.reshape(-1), y.reshape(-1)])
+
+    info = TokenInfo(cat(a.info.valid, b.info.valid), cat(a.info.sample, b.info.sample),
+                     cat(a.info.position, b.info.position), cat(a.info.token_id, b.info.token_id),
+                     unknown_origin=a.info.unknown_origin and b.info.unknown_origin)
+
+    def totals(t, dtype):
+        return t.sum(-1, dtype=dtype) if t.dim() == 2 else t
+
+    if a.sums.dim() == 2 and b.sums.dim() == 2:  # per-row partials of both: keep them per row
+        sums, counts = torch.cat([a.sums, b.sums], 1), torch.cat([a.counts, b.counts], 1)
+    else:
+        sums = totals(a.sums, torch.float64) + totals(b.sums, torch.float64)
+        counts = totals(a.counts, torch.int64) + totals(b.counts, torch.int64)
+    return RowUpdate(
+        torch.cat([a.tmax, b.tmax]), torch.cat([a.tmin, b.tmin]),
+        torch.cat([a.med, b.med]) if a.med is not None else None,
+        torch.cat([a.tok_rank, b.tok_rank + n_a]), torch.cat([a.rows, b.rows]), info, sums, counts,
+        a.hist + b.hist if a.hist is not None else None,
+    )
 
 
 def _stacked(points, name: str) -> torch.Tensor:
