@@ -96,24 +96,27 @@ def bench_shape(n: int, c: int, dtype, iters: int, sweep: bool) -> None:
 
         d = CK.defines(CK._KIND[dtype], c, c % 8 == 0, True, True)
         print(f"  cuda kernel {d}: {CK.kernel_attributes(CK._kernel(d, x.device))}")
-        for half in (False, True):  # the median's integer SIMD compares against packed fp16 compares
-            CK._HALF_CMP = half
-            ms = cuda_ms(lambda: K.row_stats(x, valid, hist, True, backend="cuda"), iters)
-            hg = torch.zeros(512, dtype=torch.int64, device="cuda")
-            ok = agree(K.row_stats(x, valid, hg, True, backend="cuda"), want, hg, hr)
-            print(f"  cuda   median compares {'fp16x2' if half else 'int   '}: median+hist {ms:8.3f} ms  check: {ok}")
-        CK._HALF_CMP = True
-        if c > 8192:  # elements a thread holds for wide rows (MAXACT_CUDA_ELEMS)
-            default, best = CK._ELEMS_WIDE, None
-            for e in (32, 48, 64):
-                CK._ELEMS_WIDE = e
+        def cuda_variant(attr: str, value) -> tuple[float, str]:
+            """Time and check the CUDA kernel with one module setting changed (restored afterwards)."""
+            default = getattr(CK, attr)
+            setattr(CK, attr, value)
+            try:
                 ms = cuda_ms(lambda: K.row_stats(x, valid, hist, True, backend="cuda"), iters)
                 hg = torch.zeros(512, dtype=torch.int64, device="cuda")
-                ok = agree(K.row_stats(x, valid, hg, True, backend="cuda"), want, hg, hr)
-                print(f"  cuda   elems/thread {e}: median+hist {ms:8.3f} ms  {CK.launch_shape(c)}  check: {ok}")
+                return ms, agree(K.row_stats(x, valid, hg, True, backend="cuda"), want, hg, hr)
+            finally:
+                setattr(CK, attr, default)
+
+        for half in (False, True):  # the median's integer SIMD compares against packed fp16 compares
+            ms, ok = cuda_variant("_HALF_CMP", half)
+            print(f"  cuda   median compares {'fp16x2' if half else 'int   '}: median+hist {ms:8.3f} ms  check: {ok}")
+        if c > 8192:  # elements a thread holds for wide rows (MAXACT_CUDA_ELEMS)
+            best = None
+            for e in (32, 48, 64):
+                ms, ok = cuda_variant("_ELEMS_WIDE", e)
+                print(f"  cuda   elems/thread {e}: median+hist {ms:8.3f} ms  {CK.launch_shape(c, e)}  check: {ok}")
                 if ok == "agree" and (best is None or ms < best[0]):
                     best = (ms, e)
-            CK._ELEMS_WIDE = default
             print(f"BEST_ELEMS {c} {best[1] if best else 32}")
     if sweep:
         results = []

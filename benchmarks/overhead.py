@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import PRESETS, build, corpus_like_lengths, sync  # noqa: E402
+from throughput import PRESETS, bare_forward, build, sync, workload  # noqa: E402
 
 VARIANTS = ("hooks", "kernel", "kernel_x2", "no_topk", "no_sun", "no_sample", "immediate", "full")
 
@@ -161,23 +161,16 @@ def main(argv=None):
     ap.add_argument("--out")
     a = ap.parse_args(argv)
 
-    from maxact.engine import Measurement, collate, make_batches, resolve_dtype, run_batches
+    from maxact.engine import Measurement, resolve_dtype, run_batches
     from maxact.measure import full_kinds
 
     fk = full_kinds(a.full_stats)
     dev = torch.device(a.device)
     model = build(a.preset, resolve_dtype("auto", dev), dev, a.layers)
-    lengths = corpus_like_lengths(a.samples, hi=a.max_len, lo=min(136, a.max_len // 4), mean=min(3400, 0.6 * a.max_len))
-    g = torch.Generator().manual_seed(1)
-    samples = [torch.randint(0, model.config.vocab_size, (L,), generator=g).tolist() for L in lengths]
-    batches = make_batches(lengths, 64, a.max_batch_tokens)
-    collated = [collate(samples, b, 0) for b in batches]
-    bb = model.model
+    lengths, samples, batches, collated = workload(model.config.vocab_size, a.samples, a.max_len, 64, a.max_batch_tokens)
 
-    @torch.no_grad()
     def bare(which=None):
-        for c in (collated if which is None else [collated[which]]):
-            bb(input_ids=c.input_ids.to(dev), attention_mask=c.attention_mask.to(dev), use_cache=False)
+        bare_forward(model.model, collated if which is None else [collated[which]], dev)
 
     def measured(which=None):
         meas = Measurement(model, len(samples), dev, full_kinds=fk)

@@ -57,6 +57,27 @@ def build(preset: str, dtype, device, layers: int | None):
     return model.eval()
 
 
+def workload(vocab: int, n_samples: int, max_len: int, batch_size: int, max_batch_tokens: int):
+    """Random token sequences with corpus-like lengths, their batches (as the engine makes them) and the
+    collated batches: (lengths, samples, batches, collated)."""
+    from maxact.engine import collate, make_batches
+
+    hi = min(5422, max_len)
+    lo = min(136, hi // 4)
+    lengths = corpus_like_lengths(n_samples, lo=lo, hi=hi, mean=min(3400, lo + 0.6 * (hi - lo)))
+    g = torch.Generator().manual_seed(1)
+    samples = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
+    batches = make_batches(lengths, batch_size, max_batch_tokens)
+    return lengths, samples, batches, [collate(samples, b, 0) for b in batches]
+
+
+def bare_forward(backbone, batches, dev) -> None:
+    """The backbone alone over collated batches: the baseline every ratio is taken against."""
+    with torch.no_grad():
+        for c in batches:
+            backbone(input_ids=c.input_ids.to(dev), attention_mask=c.attention_mask.to(dev), use_cache=False)
+
+
 def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -81,7 +102,7 @@ def main(argv=None):
                     help="also profile one measured batch (torch.profiler) and print the top GPU kernels")
     a = ap.parse_args(argv)
 
-    from maxact.engine import Measurement, assemble_result, collate, make_batches, resolve_dtype, run_batches
+    from maxact.engine import Measurement, assemble_result, resolve_dtype, run_batches
     from maxact.measure import full_kinds, statistics_kernel
 
     fk = full_kinds(a.full_stats)
@@ -89,21 +110,13 @@ def main(argv=None):
     dev = torch.device(a.device)
     dtype = resolve_dtype(a.dtype, dev)
     model = build(a.preset, dtype, dev, a.layers)
-    hi = min(5422, a.max_len)
-    lo = min(136, hi // 4)
-    lengths = corpus_like_lengths(a.samples, lo=lo, hi=hi, mean=min(3400, lo + 0.6 * (hi - lo)))
-    vocab = model.config.vocab_size
-    g = torch.Generator().manual_seed(1)
-    samples = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
-    batches = make_batches(lengths, a.batch_size, a.max_batch_tokens)
+    lengths, samples, batches, collated = workload(model.config.vocab_size, a.samples, a.max_len, a.batch_size,
+                                                   a.max_batch_tokens)
     bb = model.model
     n_tok = sum(lengths)
-    collated = [collate(samples, b, 0) for b in batches]
 
-    @torch.no_grad()
     def bare():
-        for c in collated:
-            bb(input_ids=c.input_ids.to(dev), attention_mask=c.attention_mask.to(dev), use_cache=False)
+        bare_forward(bb, collated, dev)
 
     def timed(fn):
         if dev.type == "cuda":
@@ -145,8 +158,7 @@ def main(argv=None):
             return [str(w.message).splitlines()[0][:160] for w in caught if "synchroniz" in str(w.message)]
 
         one = collated[0]
-        with torch.no_grad():
-            bare_syncs = count_syncs(lambda: bb(input_ids=one.input_ids.to(dev), attention_mask=one.attention_mask.to(dev), use_cache=False))
+        bare_syncs = count_syncs(lambda: bare_forward(bb, [one], dev))
         m1 = Measurement(model, len(samples), dev, full_kinds=fk)
         meas_syncs = count_syncs(lambda: run_batches(m1, samples, [batches[0]], 0))
         m1.remove()

@@ -212,6 +212,17 @@ def test_cpu_partials_equal_masked_partials_on_real_rows(dtype):
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def _assert_same_state(got, want):
+    """Every state tensor equal; float64 totals (summed in another order) to 1e-12."""
+    g, w = got.state_dict(), want.state_dict()
+    assert g.keys() == w.keys()
+    for k in w:
+        if w[k].dtype == torch.float64:
+            assert torch.allclose(g[k], w[k], rtol=1e-12, atol=0), (want.name, k)
+        else:
+            assert torch.equal(g[k], w[k]), (want.name, k)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_deferred_fold_of_many_points_equals_each_point_alone(device):
     """Points sharing their token rows are folded together at the end of a batch (stats.Deferred): the
@@ -245,13 +256,7 @@ def test_deferred_fold_of_many_points_equals_each_point_alone(device):
         assert len(d.pending) == 4
         d.flush()
     for ps_a, ps_t in zip(alone, together):
-        sa, st = ps_a.state_dict(), ps_t.state_dict()
-        assert sa.keys() == st.keys()
-        for k in sa:
-            if sa[k].dtype == torch.float64:
-                assert torch.allclose(st[k], sa[k], rtol=1e-12, atol=0), k
-            else:
-                assert torch.equal(st[k], sa[k]), k
+        _assert_same_state(ps_t, ps_a)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -286,10 +291,5 @@ def test_point_updated_twice_in_a_batch_counts_both(device):
         dfr[name].update(x, info, defer=d)
     d.flush()
     for name in seq:
-        a, b = seq[name].state_dict(), dfr[name].state_dict()
-        for k in a:
-            if a[k].dtype == torch.float64:
-                assert torch.allclose(b[k], a[k], rtol=1e-12, atol=0), (name, k)
-            else:
-                assert torch.equal(b[k], a[k]), (name, k)
+        _assert_same_state(dfr[name], seq[name])
     assert int(dfr["expert"].n_tokens) == 15 and int(dfr["dense"].n_tokens) == 16

@@ -268,9 +268,7 @@ class Measurement:
     def _set_batch(self, batch: Batch, device) -> None:
         b, t = batch.input_ids.shape
         self._batch_shape = (b, t)
-        self._moved = {}
-        self._unknown = {}
-        self._deferred = Deferred()  # a batch interrupted by out-of-memory leaves nothing behind
+        self.discard_batch()  # per-batch caches and pending updates start empty
         mask = _to_device(batch.attention_mask, device).bool()
         ids = _to_device(batch.input_ids, device)
         if len(set(batch.sample_index.tolist())) != b:  # host tensor: no device sync
@@ -338,7 +336,8 @@ class Measurement:
         return out
 
     def discard_batch(self) -> None:
-        """Drop what a failed batch left pending (its statistics were never committed)."""
+        """Drop the batch's pending updates and per-batch caches (after out of memory: the failed
+        batch's statistics were never committed)."""
         self._deferred = Deferred()
         self._moved = {}
         self._unknown = {}
