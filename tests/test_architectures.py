@@ -187,3 +187,59 @@ def test_host_state_is_every_statistic_in_one_transfer():
             assert host[name][key].dtype == t.dtype and torch.equal(host[name][key], t), (name, key)
         assert ps.finalize(host[name]) == ps.finalize()
     meas.remove()
+
+
+@pytest.mark.parametrize("model_type, device, expected", [
+    ("qwen3", "cpu", "sdpa"), ("qwen3", "cuda", "sdpa"), ("qwen3_5_text", "cuda", "sdpa"),
+    ("gemma2", "cpu", "eager"), ("gemma2", "cuda", "flex_attention"),
+    ("gpt_oss", "cpu", "eager"), ("gpt_oss", "cuda", "flex_attention"),
+])
+def test_attention_default_per_family_and_device(model_type, device, expected):
+    from transformers import AutoConfig
+
+    from maxact.architectures import resolve_attention
+
+    fam = family_for(AutoConfig.for_model(model_type))
+    assert resolve_attention(fam, None, device) == expected
+    assert resolve_attention(fam, "auto", device) == expected
+
+
+def test_attention_user_choice_wins_unless_the_family_cannot_run_it():
+    from transformers import AutoConfig
+
+    from maxact.architectures import AttentionError, resolve_attention
+
+    qwen, gemma2 = (family_for(AutoConfig.for_model(t)) for t in ("qwen3", "gemma2"))
+    assert resolve_attention(qwen, "eager", "cpu") == "eager"
+    assert resolve_attention(gemma2, "eager", "cuda") == "eager"
+    with pytest.raises(AttentionError) as e:
+        resolve_attention(gemma2, "sdpa", "cuda")
+    msg = str(e.value)
+    assert "'sdpa'" in msg and "gemma2" in msg and "flex_attention, eager" in msg
+    with pytest.raises(AttentionError, match="cannot run on cpu"):
+        resolve_attention(gemma2, "flex_attention", "cpu")
+
+
+def test_loader_per_model_type():
+    import transformers
+    from transformers import AutoConfig
+
+    from maxact.architectures import UnsupportedArchitectureError, loader_class
+
+    itt, clm = transformers.AutoModelForImageTextToText, transformers.AutoModelForCausalLM
+    for mt, cls in [("qwen3_5", itt), ("qwen3_5_text", clm), ("qwen3_5_moe", itt), ("qwen3_5_moe_text", clm),
+                    ("gemma3", itt), ("gemma3_text", clm), ("qwen2_5_vl", itt), ("gpt_oss", clm), ("gemma2", clm)]:
+        assert loader_class(family_for(AutoConfig.for_model(mt)), mt) is cls, mt
+    with pytest.raises(UnsupportedArchitectureError, match="not a member"):
+        loader_class(family_for(AutoConfig.for_model("qwen3")), "gemma2")
+
+
+def test_kernels_used_names_the_fallbacks():
+    from maxact.kernels_used import kernels_used
+
+    k = kernels_used(tiny_model("qwen3_5_moe"))
+    assert k["attention"] == "sdpa" and k["experts"] == "grouped_mm"
+    # On a CPU torch fla cannot import (no triton): transformers runs its torch reference, and says so here.
+    assert k["optional"]["chunk_gated_delta_rule"].startswith(("torch reference", "fla."))
+    assert "causal_conv1d_fn" in k["optional"]
+    assert "optional" not in kernels_used(tiny_model("llama"))

@@ -165,3 +165,26 @@ def test_unregistered_architecture_stops_at_prepare(tmp_path):
     (d / "model.safetensors").write_bytes(b"")
     with pytest.raises(UnsupportedArchitectureError, match="Supported:.*llama"):
         prepare_checkpoint({"name": "bert", "source": "local", "path": str(d)}, tmp_path)
+
+
+def test_random_checkpoint_is_built_from_its_seed_not_from_disk(tmp_path):
+    """A random manifest holds no weights; load_model builds and initialises them from the seed, so a
+    full-size shape costs no disk and every load of one seed gives the same weights."""
+    from maxact.checkpoints import load_model
+
+    base = {"name": "r", "source": "random", "model_type": "qwen3", "seed": 4,
+            "config_overrides": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                 "num_key_value_heads": 1, "head_dim": 8, "vocab_size": 1000}}
+    man = prepare_checkpoint(base, tmp_path)
+    assert not list(Path(man["load_path"]).glob("*.safetensors"))
+    a, _ = load_model(man, torch.float32)
+    b, _ = load_model(man, torch.float32)
+    other, _ = load_model(prepare_checkpoint({**base, "name": "r2", "seed": 5}, tmp_path), torch.float32)
+    assert a.config.vocab_size == 1000  # the public vocabulary is kept (the byte tokenizer's ids fit in it)
+    assert a.config._attn_implementation == "sdpa"
+    sa, sb, so = a.state_dict(), b.state_dict(), other.state_dict()
+    for k, v in sa.items():
+        assert torch.isfinite(v).all(), k
+        assert torch.equal(v, sb[k]), k
+    proj = "model.layers.0.mlp.gate_proj.weight"
+    assert sa[proj].std() > 0 and not torch.equal(sa[proj], so[proj])

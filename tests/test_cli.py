@@ -4,17 +4,13 @@ import json
 
 import pytest
 
-from maxact.checkpoints import prepare_checkpoint
 from maxact.cli import main, read_texts
-
-ENTRY = {"name": "cli-tiny", "source": "random", "model_type": "gemma3_text", "seed": 2,
-         "config_overrides": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                              "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 256}}
-
+from maxact.testing import save_tiny_checkpoint
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return prepare_checkpoint(ENTRY, tmp_path_factory.mktemp("cache"))["load_path"]
+    # A user's checkpoint folder (safetensors + tokenizer), named like a checkpoint.
+    return str(save_tiny_checkpoint("gemma3_text", tmp_path_factory.mktemp("ckpt") / "cli-tiny", seed=2))
 
 
 def _texts(tmp_path, lines):

@@ -31,11 +31,24 @@ class MoESpec:
     num_experts_attr: str = "num_experts"  # attribute of the router
 
 
+# Attention implementations by what they need. SDPA and eager run anywhere. Flex attention is compiled
+# (torch.compile); transformers' flex path cannot apply attention sinks on the CPU, and on the CPU it is
+# no faster than eager, so it is a CUDA-only choice here. flash_attention_2 needs the flash-attn package.
+ATTENTION_NEEDS_CUDA = frozenset({"flex_attention", "flash_attention_2", "flash_attention_3"})
+_DEFAULT_ATTENTION = ("sdpa", "flash_attention_2", "eager")
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]
     loader: str = "causal_lm"  # 'causal_lm' | 'image_text_to_text'
+    # model_type -> loader, where one family has both a multimodal wrapper and a text-only checkpoint
+    # (qwen3_5 loads as image-text-to-text, qwen3_5_text as a causal LM).
+    loader_by_type: tuple[tuple[str, str], ...] = ()
+    # Attention implementations that compute this family's attention exactly (softcapping, sinks,
+    # sliding windows), fastest first; the first one the device can run is the default.
+    attention: tuple[str, ...] = _DEFAULT_ATTENTION
     backbone: tuple[str, ...] = ("model",)  # attribute paths tried in order; the first with `.layers`
     attn: tuple[str, ...] = ("self_attn",)  # the layer has exactly one of these
     mlp: str = "mlp"
@@ -49,6 +62,10 @@ class Family:
     notes: str = ""
 
 
+# Gemma 2 soft-caps attention logits and gpt-oss adds a learned sink per head: transformers' SDPA path
+# implements neither (both classes refuse it); flex attention applies both as score modification / LSE
+# renormalisation, eager computes them directly.
+_NO_SDPA = ("flex_attention", "eager")
 _SANDWICH = (("attn_residual_in", "post_attention_layernorm"), ("mlp_residual_in", "post_feedforward_layernorm"))
 _QWEN_MOE = MoESpec(router="gate", moe_gate_transform="softmax")
 
@@ -62,6 +79,7 @@ FAMILIES: tuple[Family, ...] = (
         "qwen3_5",
         ("qwen3_5", "qwen3_5_text"),
         loader="image_text_to_text",
+        loader_by_type=(("qwen3_5_text", "causal_lm"),),
         backbone=("model.language_model", "model"),
         attn=("linear_attn", "self_attn"),
         notes="hybrid Gated-DeltaNet linear attention + full attention",
@@ -70,13 +88,15 @@ FAMILIES: tuple[Family, ...] = (
         "qwen3_5_moe",
         ("qwen3_5_moe", "qwen3_5_moe_text"),
         loader="image_text_to_text",
+        loader_by_type=(("qwen3_5_moe_text", "causal_lm"),),
         backbone=("model.language_model", "model"),
         attn=("linear_attn", "self_attn"),
         moe=_QWEN_MOE,
     ),
     Family("qwen2_5_vl", ("qwen2_5_vl",), loader="image_text_to_text", backbone=("model.language_model",)),
     Family("gemma", ("gemma",), fp16_unsafe=True, notes="Gemma 1"),
-    Family("gemma2", ("gemma2",), residual_in=_SANDWICH, fp16_unsafe=True),
+    Family("gemma2", ("gemma2",), residual_in=_SANDWICH, fp16_unsafe=True, attention=_NO_SDPA,
+           notes="attention logit soft-capping: no SDPA"),
     Family("gemma3_text", ("gemma3_text",), residual_in=_SANDWICH, fp16_unsafe=True, notes="Gemma 3 text-only"),
     Family(
         "gemma3",
@@ -98,7 +118,8 @@ FAMILIES: tuple[Family, ...] = (
             num_experts_attr="num_experts",
         ),
         fp16_unsafe=True,
-        notes="MoE block returns (out, router_scores); published 'moe_gate' = raw router logits",
+        attention=_NO_SDPA,
+        notes="attention sinks (no SDPA); MoE block returns (out, router_scores); published 'moe_gate' = raw router logits",
     ),
     Family(
         "bailing_moe",
@@ -209,9 +230,46 @@ def layer_points(backbone: torch.nn.Module, family: Family) -> list[LayerPoints]
     return out
 
 
-def loader_class(family: Family):
+def loader_for(family: Family, model_type: str) -> str:
+    return dict(family.loader_by_type).get(model_type, family.loader)
+
+
+def loader_class(family: Family, model_type: str):
+    """The transformers Auto class that loads a checkpoint of ``model_type`` (a family member)."""
     import transformers
 
-    if family.loader == "image_text_to_text":
+    if model_type not in family.model_types:
+        raise UnsupportedArchitectureError(f"model_type {model_type!r} is not a member of family {family.name!r} {family.model_types}")
+    if loader_for(family, model_type) == "image_text_to_text":
         return transformers.AutoModelForImageTextToText
     return transformers.AutoModelForCausalLM
+
+
+class AttentionError(ValueError):
+    pass
+
+
+def attention_usable(impl: str, device_type: str) -> bool:
+    if impl in ATTENTION_NEEDS_CUDA and device_type != "cuda":
+        return False
+    if impl.startswith("flash_attention"):
+        import importlib.util
+
+        return importlib.util.find_spec("flash_attn" if impl == "flash_attention_2" else "flash_attn_interface") is not None
+    return True
+
+
+def resolve_attention(family: Family, requested: str | None, device_type: str) -> str:
+    """The attention implementation to load ``family`` with: the user's choice where the family can run
+    it on this device, else (``None``/``auto``) the family's fastest exact one that the device can run."""
+    usable = [a for a in family.attention if attention_usable(a, device_type)]
+    if requested in (None, "", "auto"):
+        return usable[0]
+    if requested not in family.attention or requested not in usable:
+        why = "does not compute this family's attention" if requested not in family.attention else f"cannot run on {device_type} here"
+        raise AttentionError(
+            f"attention implementation {requested!r} {why} (family {family.name!r}: {family.notes or family.model_types}). "
+            f"Implementations that work for {family.name} on {device_type}: {', '.join(usable)}. "
+            "Set runtime.attn_implementation (or --attn-implementation) to one of them, or to auto."
+        )
+    return requested

@@ -154,13 +154,16 @@ def byte_tokenizer():
 
 
 def make_random_checkpoint(entry: dict, cache_dir: Path) -> Path:
-    """A seeded random-init model of a given architecture/shape, saved as safetensors (tests, throughput)."""
+    """A seeded random-init checkpoint of a given architecture/shape: its config and tokenizer only.
+
+    The weights are not written: :func:`load_model` builds the model from the config on the measuring
+    device and initialises it from the seed (a full-size shape would otherwise mean tens of GB on disk).
+    """
     import hashlib
 
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    from .architectures import family_for, loader_class
+    from .architectures import family_for
 
     overrides = dict(entry.get("config_overrides") or {})
     key = hashlib.sha256(json.dumps([entry["model_type"], overrides, entry.get("seed", 0)], sort_keys=True).encode()).hexdigest()
@@ -168,20 +171,23 @@ def make_random_checkpoint(entry: dict, cache_dir: Path) -> Path:
     if (out / CONVERTED_MARKER).exists():
         return out
     tok = byte_tokenizer()
-    cfg = AutoConfig.for_model(entry["model_type"], **overrides)
+    try:
+        cfg = AutoConfig.for_model(entry["model_type"], **overrides)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {entry['name']!r}: model_type {entry['model_type']!r} with config_overrides "
+                              f"does not build a config ({e}). Fix model_type or config_overrides.") from None
+    family_for(cfg)
     text = getattr(cfg, "text_config", None) or cfg
-    text.vocab_size = len(tok)
+    # The byte tokenizer's ids fit any vocabulary; the public vocabulary size is kept (embedding memory).
+    text.vocab_size = max(int(getattr(text, "vocab_size", 0) or 0), len(tok))
     for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(text, attr, getattr(tok, attr))
-    torch.manual_seed(int(entry.get("seed", 0)))
-    fam = family_for(cfg)
-    model = (loader_class(fam) if fam.loader != "causal_lm" else AutoModelForCausalLM).from_config(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
-        model.save_pretrained(tmp)
+        cfg.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / CONVERTED_MARKER).write_text(json.dumps({"random": entry["model_type"], "seed": entry.get("seed", 0)}))
+        (tmp / CONVERTED_MARKER).write_text(json.dumps({"random": entry["model_type"], "seed": int(entry.get("seed", 0))}))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -218,7 +224,8 @@ def prepare_checkpoint(entry: dict, cache_dir: str | Path, model_root: str | Non
             weights_note=f"weights dequantized from GGUF {quant} to float32 by transformers",
         )
     elif kind == "random":
-        man.update(load_path=str(make_random_checkpoint(entry, cache_dir)), weights_note="random initialisation (seeded), not trained")
+        man.update(load_path=str(make_random_checkpoint(entry, cache_dir)), random_seed=int(entry.get("seed", 0)),
+                   weights_note="random initialisation (seeded, built on the measuring device), not trained")
     elif kind == "local":
         p = Path(entry["path"]).expanduser()
         if not (p / "config.json").exists():
@@ -231,7 +238,8 @@ def prepare_checkpoint(entry: dict, cache_dir: str | Path, model_root: str | Non
         man.update(load_path=str(path), resolved_revision=commit)
     else:
         raise CheckpointError(f"checkpoint {entry['name']!r}: unknown source {kind!r} (hub, local, gguf, pip_gguf, random)")
-    _check_weights(entry, Path(man["load_path"]))
+    if kind != "random":
+        _check_weights(entry, Path(man["load_path"]))
     from transformers import AutoConfig
 
     try:
@@ -269,21 +277,47 @@ def _check_weights(entry: dict, path: Path) -> None:
         )
 
 
-def load_model(manifest: dict, dtype, device_map=None, attn_implementation: str | None = None):
-    """Load the prepared checkpoint with the family's loader class (LM head included but never run)."""
+def _build_device(device_map, device) -> torch.device:
+    """Where a random-init model is built: the one device that ``device_map``/``device`` names."""
+    import torch
+
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        d = device_map[""]
+        return torch.device(f"cuda:{d}" if isinstance(d, int) else d)
+    if device_map == "auto":
+        log.warning("random-init checkpoints are built on one device; device_map=auto is ignored")
+        return torch.device("cuda:0")
+    return torch.device(device or "cpu")
+
+
+def load_model(manifest: dict, dtype, device_map=None, attn_implementation: str | None = None, device=None):
+    """Load the prepared checkpoint with its model type's loader class (LM head included but never run).
+
+    ``attn_implementation`` is the user's choice or None/``auto``; :func:`maxact.architectures.resolve_attention`
+    turns it into one the family computes exactly on this device. The one used is ``model.config._attn_implementation``.
+    A random-init manifest is built from its config on the target device and initialised from its seed.
+    """
+    import torch
     from transformers import AutoConfig
 
-    from .architectures import family_for, loader_class
+    from .architectures import family_for, loader_class, resolve_attention
 
     trust = bool(manifest.get("trust_remote_code", False))
     cfg = AutoConfig.from_pretrained(manifest["load_path"], trust_remote_code=trust)
     fam = family_for(cfg)
-    kwargs = dict(dtype=dtype, trust_remote_code=trust, use_safetensors=None if manifest.get("allow_pickle_weights") else True)
+    cls = loader_class(fam, cfg.model_type)
+    target = _build_device(device_map, device)
+    attn = resolve_attention(fam, attn_implementation, target.type)
+    if manifest.get("source") == "random":
+        torch.manual_seed(int(manifest.get("random_seed", 0)))
+        with torch.device(target):
+            model = cls.from_config(cfg, dtype=dtype, attn_implementation=attn, trust_remote_code=trust)
+        return model.eval(), fam
+    kwargs = dict(dtype=dtype, trust_remote_code=trust, use_safetensors=None if manifest.get("allow_pickle_weights") else True,
+                  attn_implementation=attn)
     if device_map is not None:
         kwargs["device_map"] = device_map
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = loader_class(fam).from_pretrained(manifest["load_path"], **kwargs)
+    model = cls.from_pretrained(manifest["load_path"], **kwargs)
     return model.eval(), fam
 
 

@@ -64,7 +64,8 @@ def cmd_measure(a) -> int:
     df = tokenize_records(records, tok, a.max_seq_len, a.add_special_tokens)
     meta = {"tokenizer_sha256": tokenizer_fingerprint(tok), "corpus_sha256": sha256_file(a.texts),
             "max_seq_len": a.max_seq_len, "add_special_tokens": a.add_special_tokens}
-    settings = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens}
+    settings = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens,
+                "attn_implementation": a.attn_implementation}
     r = measure_checkpoint(prepared, df, meta, out, settings=settings)
     print(f"{prepared['name']}: global max {r['global_max_activation']} at {r['global_max_location']}")
     p = r.get("peak") or {}
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-samples", type=int)
     m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     m.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    m.add_argument("--attn-implementation", default="auto",
+                   help="auto (the family's fastest exact one on this device), sdpa, eager, flex_attention, flash_attention_2")
     m.add_argument("--add-special-tokens", action="store_true",
                    help="follow the tokenizer's own BOS/EOS convention (default: none added, as in the paper)")
     m.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")

@@ -18,6 +18,7 @@ from . import provenance
 from .checkpoints import load_model, load_tokenizer
 from .engine import Measurement, assemble_result, check_dtype, kind_of, make_batches, per_sample_table, resolve_dtype, run_batches
 from .io import atomic_save, write_json
+from .kernels_used import kernels_used
 from .tokenization import tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ DEFAULT_SETTINGS = {
     "batch_size": 8,
     "max_batch_tokens": 65536,
     "max_samples": None,
-    "attn_implementation": "sdpa",
+    "attn_implementation": "auto",  # the family's fastest exact one (architectures.resolve_attention)
     "force_dtype": False,
     "checkpoint_every": 0,
     "device_map": None,
@@ -83,6 +84,16 @@ def _device_map(s: dict, device: torch.device):
     return {"": device.index or 0}
 
 
+def _load(prepared: dict, dtype, s: dict, device: torch.device):
+    """The model on ``device`` with the attention implementation settled for its family (one load path for
+    measure, INT-8 and probes)."""
+    model, fam = load_model(prepared, dtype, device_map=_device_map(s, device), attn_implementation=s.get("attn_implementation"),
+                            device=device)
+    if device.type == "cpu":
+        model.to(device)
+    return model, fam
+
+
 def layer_table(name: str, per_layer: dict) -> pd.DataFrame:
     rows = []
     for comp, st in per_layer.items():
@@ -119,10 +130,10 @@ def measure_checkpoint(
             f"lower tokenization.max_seq_len to at most {ctx}."
         )
     t_load = time.perf_counter()
-    model, fam = load_model(prepared, dtype, device_map=_device_map(s, device), attn_implementation=s.get("attn_implementation"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, fam = _load(prepared, dtype, s, device)
     check_dtype(fam, dtype, force=bool(s.get("force_dtype")))
-    if device.type == "cpu":
-        model.to(device)
     tok = load_tokenizer(prepared)
     fp = tokenizer_fingerprint(tok)
     if token_meta.get("tokenizer_sha256") and token_meta["tokenizer_sha256"] != fp:
@@ -169,6 +180,7 @@ def measure_checkpoint(
     meas.remove()
 
     text_cfg = getattr(model.config, "text_config", None) or model.config
+    kernels = kernels_used(model)
     result = {
         "checkpoint": prepared["name"],
         "model_name": prepared.get("model_id") or prepared["name"],
@@ -200,9 +212,12 @@ def measure_checkpoint(
             "settings": {**{k: (str(v) if k == "device_map" else v) for k, v in s.items()}, "device": str(device), "dtype": str(dtype).replace("torch.", "")},
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "statistics_kernel": statistics_kernel(device, dtype),
+            "attn_implementation": kernels["attention"],
+            "kernels": kernels,
             "environment": provenance.environment(),
             "timestamp": provenance.timestamp(),
             "durations": {"load_seconds": round(load_seconds, 3), "measure_seconds": round(run["seconds"], 3)},
+            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
             "oom_splits": run["oom_splits"],
             "resumed_from_batch": start,
         },
@@ -225,7 +240,7 @@ def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings
     s = {**DEFAULT_SETTINGS, **(settings or {})}
     device = resolve_device(s["device"])
     dtype = resolve_dtype(s["dtype"], device)
-    model, fam = load_model(prepared, dtype, device_map=_device_map(s, device), attn_implementation=s.get("attn_implementation"))
+    model, fam = _load(prepared, dtype, s, device)
     backbone = resolve_backbone(model, fam)
     layers = layer_points(backbone, fam)
     peak = result.get("peak") or {}
@@ -266,6 +281,7 @@ def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings
             "model_id": prepared.get("model_id"),
             "corpus_sha256": result.get("provenance", {}).get("corpus_sha256"),
             "settings": {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "n_calib": n_calib, "n_eval": n_eval},
+            "kernels": kernels_used(model),
             "environment": provenance.environment(),
             "timestamp": provenance.timestamp(),
         },
@@ -283,7 +299,7 @@ def probe_checkpoint(prepared: dict, corpus_result: dict, settings: dict | None 
     dtype = resolve_dtype(s["dtype"], device)
     ctx = prepared.get("max_position_embeddings") or max_len
     longest = min(int(longest_len or ctx), int(ctx))
-    model, fam = load_model(prepared, dtype, device_map=_device_map(s, device), attn_implementation=s.get("attn_implementation"))
+    model, fam = _load(prepared, dtype, s, device)
     check_dtype(fam, dtype, force=bool(s.get("force_dtype")))
     tok = load_tokenizer(prepared)
     sets = make_probes(tok, min(max_len, ctx), longest, seed=seed)

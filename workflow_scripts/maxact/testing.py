@@ -22,6 +22,8 @@ TINY_CONFIGS: dict[str, dict] = {
     "qwen3_moe": {**_T, **_MOE},
     "gpt_oss": {**_T, "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 16},
     "qwen3_5": {"text_config": {**_T, **_HYBRID}, "vision_config": _VISION},
+    "qwen3_5_text": {**_T, **_HYBRID},
+    "qwen3_5_moe_text": {**_T, **_HYBRID, **_MOE, "shared_expert_intermediate_size": 16},
     "qwen3_5_moe": {"text_config": {**_T, **_HYBRID, **_MOE, "shared_expert_intermediate_size": 16}, "vision_config": _VISION},
     "qwen2_5_vl": {"text_config": {**_T, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]}}, "vision_config": _VISION},
     "gemma3": {"text_config": _T, "vision_config": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -32,17 +34,63 @@ TINY_CONFIGS: dict[str, dict] = {
 }
 
 
-def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32):
+def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, vocab_size: int | None = None):
     """A seeded random-init model of ``model_type`` in eval mode, built with the family's loader class."""
-    import transformers
     from transformers import AutoConfig
 
     from .architectures import family_for, loader_class
 
-    cfg = AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type])
+    kw = TINY_CONFIGS[model_type]
+    if vocab_size is not None:
+        kw = {**kw, "text_config": {**kw["text_config"], "vocab_size": vocab_size}} if "text_config" in kw else {**kw, "vocab_size": vocab_size}
+    cfg = AutoConfig.for_model(model_type, **kw)
     fam = family_for(cfg)
     torch.manual_seed(seed)
-    cls = loader_class(fam) if fam.loader != "causal_lm" else transformers.AutoModelForCausalLM
-    model = cls.from_config(cfg, dtype=dtype)
+    model = loader_class(fam, cfg.model_type).from_config(cfg, dtype=dtype)
     # Random init gives unit-scale activations; scale the norms so that some points get large values.
     return model.eval()
+
+
+def save_tiny_checkpoint(model_type: str, folder, seed: int = 0):
+    """A tiny random ``model_type`` saved as a user's checkpoint folder: safetensors weights, config and a
+    byte-level tokenizer (what ``maxact measure --model FOLDER`` loads)."""
+    from .checkpoints import byte_tokenizer
+
+    tok = byte_tokenizer()
+    model = tiny_model(model_type, seed=seed, vocab_size=len(tok))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def reference_layer_extremes(folder, texts, max_len):
+    """layer index -> (max, min) of the decoder layer outputs over all samples, and the layer count: an
+    independent float64 reference (transformers' own loader, AutoTokenizer, eager attention and experts,
+    one sample at a time, no padding; nothing of maxact's engine or registry)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(folder)
+    cls = AutoModelForImageTextToText if hasattr(cfg, "vision_config") else AutoModelForCausalLM
+    # eager attention and eager experts: the plainest float64 forward (grouped_mm has no float64 kernel).
+    model = cls.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager", experts_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    layers = model.get_decoder().layers
+    ext = {}
+
+    def hook(i):
+        def h(m, args, out):
+            t = (out[0] if isinstance(out, tuple) else out).detach()
+            mx, mn = t.max().item(), t.min().item()
+            old = ext.get(i, (-float("inf"), float("inf")))
+            ext[i] = (max(old[0], mx), min(old[1], mn))
+        return h
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    with torch.no_grad():
+        for text in texts:
+            ids = tok(text, add_special_tokens=False)["input_ids"][:max_len]
+            x = torch.tensor([ids])
+            model.get_decoder()(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+    for h in handles:
+        h.remove()
+    return ext, len(layers)
