@@ -83,6 +83,64 @@ def sync(dev):
         torch.cuda.synchronize(dev)
 
 
+def timed(fn, dev):
+    """Seconds, peak GPU bytes and the result of ``fn()``, the device synchronised around it."""
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    sync(dev)
+    t = time.perf_counter()
+    out = fn()
+    sync(dev)
+    dt = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
+    return dt, peak, out
+
+
+def warm_up(model, backbone, samples, batches, collated, dev, full_kinds) -> float:
+    """Seconds of warm-up (reported, not timed): every batch shape once bare (cuBLAS/SDPA/flex pick or
+    compile kernels per shape) and the measurement's kernels (NVRTC/Triton) on the first and last batch."""
+    from maxact.engine import Measurement, run_batches
+
+    t0 = time.perf_counter()
+    bare_forward(backbone, collated, dev)
+    warm = Measurement(model, len(samples), dev, full_kinds=full_kinds)
+    run_batches(warm, samples, [batches[0], batches[-1]], 0)
+    sync(dev)
+    warm.remove()
+    return time.perf_counter() - t0
+
+
+def interleaved_pairs(model, backbone, samples, batches, collated, dev, full_kinds, repeats: int, label: str = "") -> dict:
+    """``repeats`` (bare forward, full measurement) pairs over the same batches: each pair's tokens/s,
+    ratio and peak memory, and the median/min/max ratio over the pairs."""
+    from maxact.engine import Measurement, assemble_result, run_batches
+
+    n_tok = sum(len(samples[i]) for b in batches for i in b)
+
+    def measured():
+        meas = Measurement(model, len(samples), dev, full_kinds=full_kinds)
+        run_batches(meas, samples, batches, 0)
+        out = assemble_result(meas, [str(i) for i in range(len(samples))], None)  # one host transfer at the end
+        meas.remove()
+        return out
+
+    runs = []
+    for r in range(repeats):
+        t_bare, m_bare, _ = timed(lambda: bare_forward(backbone, collated, dev), dev)
+        t_meas, m_meas, result = timed(measured, dev)
+        run = {"bare_tok_s": n_tok / t_bare, "measured_tok_s": n_tok / t_meas, "ratio": t_bare / t_meas,
+               "bare_peak_gib": m_bare / 2**30, "measured_peak_gib": m_meas / 2**30,
+               "memory_ratio": (m_meas / m_bare) if m_bare else None, "points": len(result["per_layer_stats"]),
+               "global_max": result["global_max_activation"], "location": result["global_max_location"]}
+        runs.append(run)
+        print(f"{label}[run {r}] bare {run['bare_tok_s']:,.0f} tok/s | measured {run['measured_tok_s']:,.0f} tok/s | "
+              f"ratio (measured/bare) {run['ratio']:.3f} | peak GiB bare {run['bare_peak_gib']:.2f} measured "
+              f"{run['measured_peak_gib']:.2f} (x{run['memory_ratio'] or 0:.3f}) | {run['points']} points", flush=True)
+    ratios = sorted(r["ratio"] for r in runs)
+    return {"runs": runs, "median_ratio": ratios[len(ratios) // 2], "min_ratio": ratios[0], "max_ratio": ratios[-1]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="qwen3-8b", choices=sorted(PRESETS))
@@ -115,30 +173,7 @@ def main(argv=None):
     bb = model.model
     n_tok = sum(lengths)
 
-    def bare():
-        bare_forward(bb, collated, dev)
-
-    def timed(fn):
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(dev)
-        sync(dev)
-        t = time.perf_counter()
-        out = fn()
-        sync(dev)
-        dt = time.perf_counter() - t
-        peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
-        return dt, peak, out
-
-    # Warm-up (reported, not timed): every batch shape once bare (cuBLAS/SDPA pick kernels per shape)
-    # and the measurement's kernels (NVRTC/Triton compiles, torch.compile) on the first and last batch.
-    t0 = time.perf_counter()
-    bare()
-    warm = Measurement(model, len(samples), dev, full_kinds=fk)
-    run_batches(warm, samples, [batches[0], batches[-1]], 0)
-    sync(dev)
-    warm.remove()
-    warmup_s = time.perf_counter() - t0
+    warmup_s = warm_up(model, bb, samples, batches, collated, dev, fk)
 
     host_syncs = {}
     if dev.type == "cuda":
@@ -168,26 +203,8 @@ def main(argv=None):
     res = {"preset": a.preset, "full_stats": a.full_stats, "kernel_backend": statistics_kernel(dev, dtype), "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "samples": len(samples), "tokens": n_tok, "batches": len(batches), "mean_len": float(np.mean(lengths)),
-           "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s, "host_syncs": host_syncs, "runs": []}
-    for r in range(a.repeats):
-        t_bare, m_bare, _ = timed(bare)
-
-        def measured():
-            meas = Measurement(model, len(samples), dev, full_kinds=fk)
-            run_batches(meas, samples, batches, 0)
-            out = assemble_result(meas, [str(i) for i in range(len(samples))], None)  # one host transfer at the end
-            meas.remove()
-            return out
-
-        t_meas, m_meas, result = timed(measured)
-        run = {"bare_tok_s": n_tok / t_bare, "measured_tok_s": n_tok / t_meas, "ratio": t_bare / t_meas,
-               "bare_peak_gib": m_bare / 2**30, "measured_peak_gib": m_meas / 2**30,
-               "memory_ratio": (m_meas / m_bare) if m_bare else None, "points": len(result["per_layer_stats"]),
-               "global_max": result["global_max_activation"], "location": result["global_max_location"]}
-        res["runs"].append(run)
-        print(f"[run {r}] bare {run['bare_tok_s']:,.0f} tok/s | measured {run['measured_tok_s']:,.0f} tok/s | "
-              f"ratio (measured/bare) {run['ratio']:.3f} | peak GiB bare {run['bare_peak_gib']:.2f} measured "
-              f"{run['measured_peak_gib']:.2f} (x{run['memory_ratio'] or 0:.3f}) | {run['points']} points", flush=True)
+           "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s, "host_syncs": host_syncs}
+    res.update(interleaved_pairs(model, bb, samples, batches, collated, dev, fk, a.repeats))
     if a.profile and dev.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
@@ -197,11 +214,8 @@ def main(argv=None):
             sync(dev)
         meas.remove()
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=60), flush=True)
-    ratios = sorted(r["ratio"] for r in res["runs"])
-    res["median_ratio"] = ratios[len(ratios) // 2]
-    res["min_ratio"], res["max_ratio"] = ratios[0], ratios[-1]
-    print(f"ratio (measured/bare) over {len(ratios)} interleaved pairs: median {res['median_ratio']:.3f} "
-          f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f}); kernel backend {res['kernel_backend']}", flush=True)
+    print(f"ratio (measured/bare) over {a.repeats} interleaved pairs: median {res['median_ratio']:.3f} "
+          f"(min {res['min_ratio']:.3f}, max {res['max_ratio']:.3f}); kernel backend {res['kernel_backend']}", flush=True)
     print(json.dumps(res, indent=1))
     if a.out:
         with open(a.out, "w") as f:

@@ -186,3 +186,47 @@ def test_keep_going_keeps_other_checkpoints_results(tmp_path):
     # the other checkpoint's results were computed and stay
     assert (tmp_path / "results" / "test" / "measure" / "tiny-llama" / "activation_stats.json").exists()
     assert (tmp_path / "results" / "test" / "int8" / "tiny-llama" / "int8_check.json").exists()
+
+
+def test_rehearsal_config_plans_every_paper_checkpoint_at_full_shape(tmp_path):
+    """config/rehearsal.yaml: the 27 paper checkpoints, each a seeded random init of its public shape,
+    through the same DAG (measure on the GPU)."""
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    rehearsal = yaml.safe_load((REPO / "config" / "rehearsal.yaml").read_text())
+    assert [c["name"] for c in rehearsal["checkpoints"]] == [c["name"] for c in paper["checkpoints"]]
+    assert all(c["source"] == "random" and c["config_overrides"] for c in rehearsal["checkpoints"])
+    assert rehearsal["matched_pairs"] == paper["matched_pairs"]
+    p = snakemake(tmp_path, "-n", configfile=REPO / "config" / "rehearsal.yaml")
+    assert planned(p.stdout).get("measure") == 27
+
+
+# Public parameter counts (billions) of the paper's checkpoints, from their model cards / hub pages
+# (Qwen3.5 without the MTP layer, which transformers does not build; Ling-mini-2.0 for its four
+# training checkpoints).
+PUBLIC_PARAMS_B = {
+    "Qwen2.5-1.5B": 1.54, "Qwen2.5-7B": 7.61, "Qwen2.5-32B": 32.8, "Qwen2.5-1.5B-Instruct": 1.54,
+    "Qwen2.5-7B-Instruct": 7.61, "Qwen2.5-32B-Instruct": 32.8, "Qwen2.5-VL-3B": 3.75, "Qwen2.5-VL-7B": 8.29,
+    "Qwen2.5-VL-32B": 33.5, "Qwen3-1.7B": 1.7, "Qwen3-8B": 8.19, "Qwen3-32B": 32.8, "Qwen3-30B-A3B": 30.5,
+    "Qwen3.5-0.8B": 0.85, "Qwen3.5-9B": 9.41, "Qwen3.5-27B": 27.0, "Qwen3.5-35B-A3B": 35.0, "gemma-2b": 2.51,
+    "gemma-2-9b": 9.24, "gemma-2-27b": 27.2, "gemma-3-4b-it": 4.3, "gemma-3-27b-it": 27.4, "gpt-oss-20b": 20.9,
+    "Ling-mini-5T": 16.26, "Ling-mini-10T": 16.26, "Ling-mini-15T": 16.26, "Ling-mini-20T": 16.26,
+}
+
+
+@pytest.mark.slow
+def test_rehearsal_shapes_build_to_their_parameter_counts():
+    """Every rehearsal checkpoint's config builds (on the meta device: no memory) through the loader the
+    registry names, with its public checkpoint's parameter count (within 2%)."""
+    import torch
+    from transformers import AutoConfig
+
+    from maxact.architectures import family_for, loader_class
+
+    entries = yaml.safe_load((REPO / "config" / "rehearsal.yaml").read_text())["checkpoints"]
+    assert {c["name"] for c in entries} == set(PUBLIC_PARAMS_B)
+    for c in entries:
+        cfg = AutoConfig.for_model(c["model_type"], **c["config_overrides"])
+        with torch.device("meta"):
+            model = loader_class(family_for(cfg), cfg.model_type).from_config(cfg)
+        n = sum(p.numel() for p in model.parameters()) / 1e9
+        assert n == pytest.approx(PUBLIC_PARAMS_B[c["name"]], rel=0.02), c["name"]

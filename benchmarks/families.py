@@ -1,0 +1,138 @@
+"""Bare backbone forward against the full measurement, per paper family at full shape, in one process.
+
+Each family's representative checkpoint is read from ``config/rehearsal.yaml`` (its public shape,
+random init) and loaded the way the ``measure`` rule loads it (``prepare_checkpoint`` +
+``load_model``: the family's own attention implementation, the model built and seeded on the GPU).
+Corpus-like lengths (as ``throughput.py``), at least ``--min-tokens`` tokens a pass, then interleaved
+(bare, measured) pairs with every hook point and statistic on. Prints tokens/s of each, their ratio
+and the memory ratio per family, and a table at the end.
+
+    python benchmarks/families.py                      # every family (about 10 minutes on one H200)
+    python benchmarks/families.py --checkpoints Qwen3-8B gemma-2-9b --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import corpus_like_lengths, interleaved_pairs, warm_up  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# One full-shape checkpoint per paper family (the smallest that represents it at a realistic size).
+REPRESENTATIVES = ("Qwen2.5-7B", "Qwen2.5-VL-7B", "Qwen3-8B", "Qwen3-30B-A3B", "Qwen3.5-9B", "Qwen3.5-35B-A3B",
+                   "gemma-2b", "gemma-2-9b", "gemma-3-4b-it", "gpt-oss-20b", "Ling-mini-20T")
+
+
+def family_workload(vocab: int, min_tokens: int, max_len: int, batch_size: int, max_batch_tokens: int, seed: int = 0):
+    """Random token sequences with corpus-like lengths adding up to at least ``min_tokens``."""
+    from maxact.engine import collate, make_batches
+
+    hi = min(5422, max_len)
+    lo = min(136, hi // 4)
+    mean = min(3400, lo + 0.6 * (hi - lo))
+    lengths = corpus_like_lengths(max(1, int(min_tokens / mean * 1.5) + 8), lo=lo, hi=hi, mean=mean, seed=seed)
+    keep = int(np.searchsorted(np.cumsum(lengths), min_tokens)) + 1
+    lengths = lengths[:keep]
+    g = torch.Generator().manual_seed(seed + 1)
+    samples = [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
+    batches = make_batches(lengths, batch_size, max_batch_tokens)
+    return lengths, samples, batches, [collate(samples, b, 0) for b in batches]
+
+
+def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dict:
+    from maxact.architectures import resolve_backbone
+    from maxact.checkpoints import load_model, prepare_checkpoint
+    from maxact.kernels_used import kernels_used
+    from maxact.measure import _device_map, statistics_kernel
+
+    t0 = time.perf_counter()
+    man = prepare_checkpoint(entry, cache)
+    settings = {"gpus": 1, "attn_implementation": a.attn_implementation}
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model, fam = load_model(man, dtype, device_map=_device_map(settings, dev),
+                            attn_implementation=a.attn_implementation, device=dev)
+    build_s = time.perf_counter() - t0
+    bb = resolve_backbone(model, fam)
+    text = getattr(model.config, "text_config", None) or model.config
+    lengths, samples, batches, collated = family_workload(text.vocab_size, a.min_tokens, a.max_len, a.batch_size,
+                                                          a.max_batch_tokens)
+    warmup_s = warm_up(model, bb, samples, batches, collated, dev, full_kinds)
+    res = {"checkpoint": entry["name"], "model_type": entry["model_type"], "family": fam.name,
+           "params_b": sum(p.numel() for p in model.parameters()) / 1e9, "kernels": kernels_used(model),
+           "statistics_kernel": statistics_kernel(dev, dtype), "tokens": sum(lengths), "samples": len(samples),
+           "batches": len(batches), "mean_len": float(np.mean(lengths)), "build_s": build_s, "warmup_s": warmup_s}
+    res.update(interleaved_pairs(model, bb, samples, batches, collated, dev, full_kinds, a.repeats, label=f"{entry['name']} "))
+    res["bare_tok_s"] = float(np.median([r["bare_tok_s"] for r in res["runs"]]))
+    res["measured_tok_s"] = float(np.median([r["measured_tok_s"] for r in res["runs"]]))
+    res["memory_ratio"] = float(np.median([r["memory_ratio"] or 0 for r in res["runs"]]))
+    res["bare_peak_gib"] = max(r["bare_peak_gib"] for r in res["runs"])
+    res["measured_peak_gib"] = max(r["measured_peak_gib"] for r in res["runs"])
+    del model, bb
+    _free()
+    return res
+
+
+def _free():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "config" / "rehearsal.yaml"))
+    ap.add_argument("--checkpoints", nargs="+", default=list(REPRESENTATIVES))
+    ap.add_argument("--min-tokens", type=int, default=100_000, help="tokens per pass (each bare and each measured run)")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved (bare, measured) pairs per family")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-batch-tokens", type=int, default=65536)
+    ap.add_argument("--max-len", type=int, default=5422)
+    ap.add_argument("--attn-implementation", default="auto")
+    ap.add_argument("--full-stats", default="all", choices=["paper", "all"])
+    ap.add_argument("--out", help="write every figure as JSON here (rewritten after each family)")
+    ap.add_argument("--device", default="cuda:0", help="cuda:N (cpu only for a smoke run on a tiny config)")
+    a = ap.parse_args(argv)
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/families.py measures full-shape models: it needs a CUDA GPU (or --device cpu on a tiny config)")
+    from maxact.measure import full_kinds
+
+    entries = {c["name"]: c for c in yaml.safe_load(Path(a.config).read_text())["checkpoints"]}
+    missing = [n for n in a.checkpoints if n not in entries]
+    if missing:
+        raise SystemExit(f"not in {a.config}: {', '.join(missing)} (known: {', '.join(entries)})")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="maxact-families-") as cache:
+        for name in a.checkpoints:
+            try:
+                results.append(bench_one(entries[name], Path(cache), dev, a, full_kinds(a.full_stats)))
+            except Exception as e:  # one family failing keeps its row, with the reason
+                results.append({"checkpoint": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+                _free()
+            print(json.dumps(results[-1], default=str), flush=True)
+            if a.out:
+                Path(a.out).write_text(json.dumps(results, indent=1, default=str))
+    print(f"\n| checkpoint | family | attention | bare tok/s | measured tok/s | ratio (median; min-max) | memory ratio | tokens/pass |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        if "error" in r:
+            print(f"| {r['checkpoint']} | | | | | failed: {r['error']} | | |")
+            continue
+        print(f"| {r['checkpoint']} | {r['family']} | {r['kernels']['attention']} | {r['bare_tok_s']:,.0f} | {r['measured_tok_s']:,.0f} | "
+              f"{r['median_ratio']:.3f} ({r['min_ratio']:.3f}-{r['max_ratio']:.3f}) | {r['memory_ratio']:.3f} | {r['tokens']:,} |")
+
+
+if __name__ == "__main__":
+    main()
