@@ -1,6 +1,7 @@
 """On CUDA: every family through ``maxact measure`` on a saved tiny checkpoint, with the attention
-implementation and kernels the registry picks on the GPU (flex attention for Gemma 2 and gpt-oss,
-flash-linear-attention for Qwen3.5 where installed), against the float64 CPU reference of the tests.
+implementation and kernels the registry picks on the GPU (eager for Gemma 2 and gpt-oss unless
+``--attn-implementation`` names another, flash-linear-attention for Qwen3.5 where installed), against the
+float64 CPU reference of the tests (computed in a child process that cannot import fla).
 
     python benchmarks/check_families_gpu.py [--dtype float32] [--types gemma2 gpt_oss ...]
 
@@ -20,10 +21,24 @@ TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "x = [1, 2, 3]", "
          "def f(a, b):\n    return a ** b  # power", "Lorem ipsum dolor sit amet, consectetur " * 2]
 
 
+def _reference_without_gpu_kernels(folder, max_len):
+    """The float64 CPU reference in a child process that cannot import fla: transformers binds fla's Triton
+    kernels when it imports the model code, and they cannot run on the CPU tensors of the reference."""
+    import subprocess
+
+    code = ("import sys, json; sys.modules['fla'] = None\n"
+            "from maxact.testing import reference_layer_extremes\n"
+            f"ext, n = reference_layer_extremes({str(folder)!r}, {TEXTS!r}, {max_len})\n"
+            "print(json.dumps([{str(k): v for k, v in ext.items()}, n]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    ext, n = json.loads(p.stdout.strip().splitlines()[-1])
+    return {int(k): tuple(v) for k, v in ext.items()}, n
+
+
 def main(argv=None) -> int:
     from maxact.architectures import FAMILIES, supported_model_types
     from maxact.cli import main as cli
-    from maxact.testing import reference_layer_extremes, save_tiny_checkpoint
+    from maxact.testing import save_tiny_checkpoint
 
     remote = {t for f in FAMILIES if f.remote_code for t in f.model_types}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--rtol", type=float, default=2e-3)
     ap.add_argument("--max-len", type=int, default=160)
+    ap.add_argument("--attn-implementation", default="auto")
     a = ap.parse_args(argv)
     rows, failed = [], 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,11 +58,11 @@ def main(argv=None) -> int:
             out = tmp / f"{mt}-out"
             try:
                 rc = cli(["measure", "--model", str(folder), "--texts", str(texts), "--out", str(out), "--device", "cuda",
-                          "--dtype", a.dtype, "--batch-size", "3", "--max-seq-len", str(a.max_len)])
+                          "--dtype", a.dtype, "--attn-implementation", a.attn_implementation, "--batch-size", "3", "--max-seq-len", str(a.max_len)])
                 if rc != 0:
                     raise RuntimeError(f"maxact measure exited {rc}")
                 r = json.loads((out / "activation_stats.json").read_text())
-                ref, n = reference_layer_extremes(folder, TEXTS, a.max_len)
+                ref, n = _reference_without_gpu_kernels(folder, a.max_len)
                 worst = 0.0
                 for i in range(n):
                     st = r["per_layer_stats"][f"layer_{i}_hidden"]

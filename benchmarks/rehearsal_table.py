@@ -30,31 +30,33 @@ def _short_kernels(prov: dict) -> str:
     return "; ".join(parts)
 
 
-def failure_reason(log: Path) -> str:
+def failure_reason(log: Path, missing: str = "not run") -> str:
     if not log.exists():
-        return "not run"
+        return missing
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     for ln in reversed(lines):
         if re.search(r"(Error|error|Exception|out of memory)", ln):
             return ln[:200]
-    return (lines[-1][:200] if lines else "log empty")
+    return (lines[-1][:200] if lines else f"{missing} (log empty: the job was stopped)")
 
 
-def rows(config: dict, results: Path) -> list[dict]:
+def rows(config: dict, results: Path, missing: str = "not run") -> list[dict]:
     out = []
     for c in config["checkpoints"]:
         name = c["name"]
         f = results / "measure" / name / "activation_stats.json"
         row = {"checkpoint": name, "model_type": c.get("model_type"), "params_b": c.get("params_b")}
         if not f.exists():
-            row["status"] = failure_reason(results / "logs" / "measure" / f"{name}.log")
+            row["status"] = failure_reason(results / "logs" / "measure" / f"{name}.log", missing)
             out.append(row)
             continue
         r = json.loads(f.read_text())
         prov = r["provenance"]
         secs = prov["durations"]["measure_seconds"]
         tok_s = r["num_tokens"] / secs if secs else None
-        row.update(status="ok", tokens=r["num_tokens"], seconds=secs, tok_s=tok_s, peak_gib=prov.get("peak_gpu_memory_gib"),
+        bench = results / "benchmarks" / "measure" / f"{name}.tsv"
+        job_s = float(bench.read_text().splitlines()[1].split("\t")[0]) if bench.exists() else None
+        row.update(status="ok", job_s=job_s, tokens=r["num_tokens"], seconds=secs, tok_s=tok_s, peak_gib=prov.get("peak_gpu_memory_gib"),
                    kernels=_short_kernels(prov), load_s=prov["durations"]["load_seconds"], oom_splits=len(prov.get("oom_splits") or []),
                    projected_h=PAPER_TOKENS / tok_s / 3600 if tok_s else None, device=prov.get("device_name"))
         out.append(row)
@@ -62,16 +64,16 @@ def rows(config: dict, results: Path) -> list[dict]:
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| checkpoint | model_type | device | tokens/s | peak GPU memory (GiB) | attention and kernels | projected time for 17.0M tokens (h) | status |",
-             "| --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
+    lines = ["| checkpoint | model_type | device | tokens/s | peak GPU memory (GiB) | attention and kernels | projected time for 17.0M tokens (h) | measure job (s) | status |",
+             "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- |"]
     for r in table:
         if r["status"] != "ok":
-            lines.append(f"| {r['checkpoint']} | {r['model_type']} | | | | | | {r['status']} |")
+            lines.append(f"| {r['checkpoint']} | {r['model_type']} | | | | | | | {r['status']} |")
             continue
         note = "ok" + (f", {r['oom_splits']} out-of-memory split(s)" if r["oom_splits"] else "")
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a"
         lines.append(f"| {r['checkpoint']} | {r['model_type']} | {r['device']} | {r['tok_s']:,.0f} | {peak} | {r['kernels']} | "
-                     f"{r['projected_h']:.2f} | {note} |")
+                     f"{r['projected_h']:.2f} | {r['job_s'] if r['job_s'] is not None else ''} | {note} |")
     done = [r for r in table if r["status"] == "ok"]
     total = sum(r["projected_h"] for r in done)
     lines.append("")
@@ -88,9 +90,10 @@ def main(argv=None):
     ap.add_argument("--results", help="results folder (default: the config's results_dir)")
     ap.add_argument("--out", help="also write the Markdown table here")
     ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--missing", default="not run", help="status of a checkpoint with neither a result nor an error in its log")
     a = ap.parse_args(argv)
     config = yaml.safe_load(Path(a.config).read_text())
-    table = rows(config, Path(a.results or config.get("results_dir", "results")))
+    table = rows(config, Path(a.results or config.get("results_dir", "results")), a.missing)
     md = markdown(table)
     print(md)
     if a.out:

@@ -85,6 +85,9 @@ def measured_results(wildcards=None):
 
 
 def int8_results(wildcards=None):
+    """The INT-8 checks the study asks for (none when int8.enabled is false)."""
+    if not config["int8"]["enabled"]:
+        return []
     return expand(f"{RESULTS}/int8/{{ckpt}}/int8_check.json", ckpt=CHECKPOINTS)
 
 
@@ -106,4 +109,7 @@ def measured_tokens(wildcards=None):
 
 
 def probe_results(wildcards=None):
+    """The probe sets the study asks for (none when probes.enabled is false)."""
+    if not config["probes"]["enabled"]:
+        return []
     return expand(f"{RESULTS}/probes/{{ckpt}}/probes.json", ckpt=CHECKPOINTS)

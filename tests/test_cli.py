@@ -62,3 +62,17 @@ def test_bad_texts_file_names_the_line(tmp_path, content, message):
 def test_card_on_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["card", str(tmp_path)]) == 2
     assert "activation_stats.json" in capsys.readouterr().err
+
+
+def test_gpu_only_kernel_on_cpu_is_a_clear_error(tmp_path, model_dir, capsys, monkeypatch):
+    """transformers binds fla's Triton kernels at import, whatever the device: a CPU run stops before any batch."""
+    import maxact.measure
+
+    monkeypatch.setattr(maxact.measure, "cpu_incompatible",
+                        lambda model: {"chunk_gated_delta_rule": "fla.ops.gated_delta_rule.chunk.chunk_gated_delta_rule"})
+    texts = _texts(tmp_path, [{"id": "a", "text": "hello"}])
+    out = tmp_path / "o"
+    assert main(["measure", "--model", model_dir, "--texts", str(texts), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "chunk_gated_delta_rule -> fla." in err and "Measure on CUDA" in err and "fla-core" in err
+    assert not (out / "activation_stats.json").exists()

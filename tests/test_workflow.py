@@ -197,7 +197,10 @@ def test_rehearsal_config_plans_every_paper_checkpoint_at_full_shape(tmp_path):
     assert all(c["source"] == "random" and c["config_overrides"] for c in rehearsal["checkpoints"])
     assert rehearsal["matched_pairs"] == paper["matched_pairs"]
     p = snakemake(tmp_path, "-n", configfile=REPO / "config" / "rehearsal.yaml")
-    assert planned(p.stdout).get("measure") == 27
+    jobs = planned(p.stdout)
+    assert jobs.get("measure") == 27
+    # int8.enabled / probes.enabled false: those stages are left out of the DAG.
+    assert not jobs.get("int8_check") and not jobs.get("probes"), jobs
 
 
 # Public parameter counts (billions) of the paper's checkpoints, from their model cards / hub pages

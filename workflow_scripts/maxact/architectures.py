@@ -63,9 +63,12 @@ class Family:
 
 
 # Gemma 2 soft-caps attention logits and gpt-oss adds a learned sink per head: transformers' SDPA path
-# implements neither (both classes refuse it); flex attention applies both as score modification / LSE
-# renormalisation, eager computes them directly.
-_NO_SDPA = ("flex_attention", "eager")
+# implements neither (both classes refuse it). Eager computes both directly and is the default. Flex
+# attention applies them too (score modification / LSE renormalisation) and may be chosen, but it is not
+# the default: transformers compiles it per mask function and shape, so a study's many padded batch
+# shapes hit torch.compile's recompile limit and fall back to a score-materialising path, and a short
+# last batch failed to lower (seen on an H200, torch 2.11 + transformers 5.24).
+_NO_SDPA = ("eager", "flex_attention")
 _SANDWICH = (("attn_residual_in", "post_attention_layernorm"), ("mlp_residual_in", "post_feedforward_layernorm"))
 _QWEN_MOE = MoESpec(router="gate", moe_gate_transform="softmax")
 

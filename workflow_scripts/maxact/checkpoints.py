@@ -20,6 +20,7 @@ from .io import sha256_file
 log = logging.getLogger(__name__)
 
 CONVERTED_MARKER = "maxact_converted.json"
+RANDOM_FORMAT = 2  # random checkpoints: config + tokenizer only, weights built from the seed at load
 
 
 class CheckpointError(ValueError):
@@ -163,10 +164,9 @@ def make_random_checkpoint(entry: dict, cache_dir: Path) -> Path:
 
     from transformers import AutoConfig
 
-    from .architectures import family_for
-
     overrides = dict(entry.get("config_overrides") or {})
-    key = hashlib.sha256(json.dumps([entry["model_type"], overrides, entry.get("seed", 0)], sort_keys=True).encode()).hexdigest()
+    # The format is part of the key: folders of the earlier format (weights on disk, byte vocabulary) are not reused.
+    key = hashlib.sha256(json.dumps([RANDOM_FORMAT, entry["model_type"], overrides, entry.get("seed", 0)], sort_keys=True).encode()).hexdigest()
     out = cache_dir / "random" / f"{entry['name']}-{key[:16]}"
     if (out / CONVERTED_MARKER).exists():
         return out
@@ -176,7 +176,6 @@ def make_random_checkpoint(entry: dict, cache_dir: Path) -> Path:
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {entry['name']!r}: model_type {entry['model_type']!r} with config_overrides "
                               f"does not build a config ({e}). Fix model_type or config_overrides.") from None
-    family_for(cfg)
     text = getattr(cfg, "text_config", None) or cfg
     # The byte tokenizer's ids fit any vocabulary; the public vocabulary size is kept (embedding memory).
     text.vocab_size = max(int(getattr(text, "vocab_size", 0) or 0), len(tok))
@@ -278,16 +277,15 @@ def _check_weights(entry: dict, path: Path) -> None:
 
 
 def _build_device(device_map, device) -> torch.device:
-    """Where a random-init model is built: the one device that ``device_map``/``device`` names."""
+    """Where a random-init model is built: ``device``, else the one device that ``device_map`` names."""
     import torch
 
+    if device is not None:
+        return torch.device(device)
     if isinstance(device_map, dict) and set(device_map) == {""}:
         d = device_map[""]
         return torch.device(f"cuda:{d}" if isinstance(d, int) else d)
-    if device_map == "auto":
-        log.warning("random-init checkpoints are built on one device; device_map=auto is ignored")
-        return torch.device("cuda:0")
-    return torch.device(device or "cpu")
+    return torch.device("cuda:0" if device_map == "auto" else "cpu")
 
 
 def load_model(manifest: dict, dtype, device_map=None, attn_implementation: str | None = None, device=None):
@@ -309,6 +307,8 @@ def load_model(manifest: dict, dtype, device_map=None, attn_implementation: str 
     target = _build_device(device_map, device)
     attn = resolve_attention(fam, attn_implementation, target.type)
     if manifest.get("source") == "random":
+        if device_map == "auto":
+            log.warning("random-init checkpoints are built on one device (%s); device_map=auto is not used", target)
         torch.manual_seed(int(manifest.get("random_seed", 0)))
         with torch.device(target):
             model = cls.from_config(cfg, dtype=dtype, attn_implementation=attn, trust_remote_code=trust)

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     m.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     m.add_argument("--attn-implementation", default="auto",
-                   help="auto (the family's fastest exact one on this device), sdpa, eager, flex_attention, flash_attention_2")
+                   choices=["auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"],
+                   help="auto: the family's fastest exact one on this device (see the registry)")
     m.add_argument("--add-special-tokens", action="store_true",
                    help="follow the tokenizer's own BOS/EOS convention (default: none added, as in the paper)")
     m.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")

@@ -18,16 +18,39 @@ def _name(fn) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', getattr(fn, '__name__', '?'))}"
 
 
+def _referenced_names(model: torch.nn.Module) -> set[str]:
+    """Global names the methods of the model's module classes refer to (what their code can call)."""
+    names: set[str] = set()
+    for cls in {type(m) for m in model.modules()}:
+        for klass in cls.__mro__:
+            if not klass.__module__.startswith("transformers."):
+                continue
+            for fn in vars(klass).values():
+                try:
+                    fn = inspect.unwrap(fn)  # decorated forwards: the code of the method itself
+                except ValueError:
+                    continue
+                code = getattr(fn, "__code__", None)
+                todo = [code] if code is not None else []
+                while todo:  # nested functions' code sits in co_consts
+                    c = todo.pop()
+                    names.update(c.co_names)
+                    todo.extend(k for k in c.co_consts if inspect.iscode(k))
+    return names
+
+
 def optional_kernels(model: torch.nn.Module) -> dict[str, str]:
-    """function name -> the implementation that runs (a package's kernel, or 'torch reference (<pkg> not installed)')."""
+    """function name -> the implementation that runs (a package's kernel, or 'torch reference (<pkg> not importable)'),
+    for the optional-kernel functions the model's own module classes call."""
     modules = {type(m).__module__ for m in model.modules()}
+    used = _referenced_names(model)
     out: dict[str, str] = {}
     for modname in sorted(modules):
         mod = sys.modules.get(modname)
         if mod is None or not modname.startswith("transformers."):
             continue
         for attr, fn in vars(mod).items():
-            if not inspect.isfunction(fn) or fn.__closure__ is None:
+            if attr not in used or not inspect.isfunction(fn) or fn.__closure__ is None:
                 continue
             try:
                 cv = inspect.getclosurevars(fn).nonlocals
@@ -36,8 +59,14 @@ def optional_kernels(model: torch.nn.Module) -> dict[str, str]:
             if "is_new_implementation" not in cv or "package" not in cv:
                 continue
             key = str(cv.get("func_name") or attr)
-            out[key] = _name(cv["implementation"]) if cv["is_new_implementation"] else f"torch reference ({cv['package']} not installed)"
+            out[key] = _name(cv["implementation"]) if cv["is_new_implementation"] else f"torch reference ({cv['package']} not importable)"
     return out
+
+
+def cpu_incompatible(model: torch.nn.Module) -> dict[str, str]:
+    """Optional kernels bound to a package's (CUDA/Triton) implementation: transformers binds them when it
+    imports the model code, whatever the device, and they cannot run on CPU tensors."""
+    return {fn: impl for fn, impl in optional_kernels(model).items() if not impl.startswith("torch reference")}
 
 
 def kernels_used(model: torch.nn.Module) -> dict:

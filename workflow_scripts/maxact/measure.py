@@ -18,7 +18,7 @@ from . import provenance
 from .checkpoints import load_model, load_tokenizer
 from .engine import Measurement, assemble_result, check_dtype, kind_of, make_batches, per_sample_table, resolve_dtype, run_batches
 from .io import atomic_save, write_json
-from .kernels_used import kernels_used
+from .kernels_used import cpu_incompatible, kernels_used
 from .tokenization import tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,15 @@ def _load(prepared: dict, dtype, s: dict, device: torch.device):
     model, fam = load_model(prepared, dtype, device_map=_device_map(s, device), attn_implementation=s.get("attn_implementation"),
                             device=device)
     if device.type == "cpu":
+        bound = cpu_incompatible(model)
+        if bound:
+            pkgs = sorted({impl.split(".")[0] for impl in bound.values()})
+            raise RuntimeError(
+                f"checkpoint {prepared['name']!r} cannot be measured on the CPU here: transformers bound "
+                f"{', '.join(f'{k} -> {v}' for k, v in sorted(bound.items()))} when it imported the model code (GPU kernels "
+                f"of {', '.join(pkgs)}, whatever the device). Measure on CUDA, or run the CPU measurement in an "
+                f"environment without {', '.join(pkgs)} (e.g. pip uninstall fla-core)."
+            )
         model.to(device)
     return model, fam
 
@@ -317,6 +326,7 @@ def probe_checkpoint(prepared: dict, corpus_result: dict, settings: dict | None 
     out.update(
         checkpoint=prepared["name"],
         settings={"max_len": max_len, "longest_len": longest, "seed": seed, "device": str(device), "dtype": str(dtype).replace("torch.", "")},
-        provenance={"model_id": prepared.get("model_id"), "environment": provenance.environment(), "timestamp": provenance.timestamp()},
+        provenance={"model_id": prepared.get("model_id"), "attn_implementation": kernels_used(model)["attention"],
+                    "kernels": kernels_used(model), "environment": provenance.environment(), "timestamp": provenance.timestamp()},
     )
     return out
