@@ -53,16 +53,15 @@ def family_workload(vocab: int, min_tokens: int, max_len: int, batch_size: int, 
 
 def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dict:
     from maxact.architectures import resolve_backbone
-    from maxact.checkpoints import load_model, prepare_checkpoint
+    from maxact.checkpoints import prepare_checkpoint
     from maxact.kernels_used import kernels_used
-    from maxact.measure import _device_map, statistics_kernel
+    from maxact.engine import resolve_dtype
+    from maxact.measure import load_for_measurement, statistics_kernel
 
     t0 = time.perf_counter()
     man = prepare_checkpoint(entry, cache)
-    settings = {"gpus": 1, "attn_implementation": a.attn_implementation}
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    model, fam = load_model(man, dtype, device_map=_device_map(settings, dev),
-                            attn_implementation=a.attn_implementation, device=dev)
+    dtype = resolve_dtype("auto", dev)  # bf16 on the GPU, as the measure rule
+    model, fam = load_for_measurement(man, dtype, {"gpus": 1, "attn_implementation": a.attn_implementation}, dev)
     build_s = time.perf_counter() - t0
     bb = resolve_backbone(model, fam)
     text = getattr(model.config, "text_config", None) or model.config

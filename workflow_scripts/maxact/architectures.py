@@ -255,10 +255,10 @@ class AttentionError(ValueError):
 def attention_usable(impl: str, device_type: str) -> bool:
     if impl in ATTENTION_NEEDS_CUDA and device_type != "cuda":
         return False
-    if impl.startswith("flash_attention"):
+    if impl == "flash_attention_2":
         import importlib.util
 
-        return importlib.util.find_spec("flash_attn" if impl == "flash_attention_2" else "flash_attn_interface") is not None
+        return importlib.util.find_spec("flash_attn") is not None
     return True
 
 
@@ -268,7 +268,7 @@ def resolve_attention(family: Family, requested: str | None, device_type: str) -
     usable = [a for a in family.attention if attention_usable(a, device_type)]
     if requested in (None, "", "auto"):
         return usable[0]
-    if requested not in family.attention or requested not in usable:
+    if requested not in usable:  # usable is a subset of family.attention
         why = "does not compute this family's attention" if requested not in family.attention else f"cannot run on {device_type} here"
         raise AttentionError(
             f"attention implementation {requested!r} {why} (family {family.name!r}: {family.notes or family.model_types}). "

@@ -84,7 +84,7 @@ def _device_map(s: dict, device: torch.device):
     return {"": device.index or 0}
 
 
-def _load(prepared: dict, dtype, s: dict, device: torch.device):
+def load_for_measurement(prepared: dict, dtype, s: dict, device: torch.device):
     """The model on ``device`` with the attention implementation settled for its family (one load path for
     measure, INT-8 and probes)."""
     model, fam = load_model(prepared, dtype, device_map=_device_map(s, device), attn_implementation=s.get("attn_implementation"),
@@ -141,7 +141,7 @@ def measure_checkpoint(
     t_load = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model, fam = _load(prepared, dtype, s, device)
+    model, fam = load_for_measurement(prepared, dtype, s, device)
     check_dtype(fam, dtype, force=bool(s.get("force_dtype")))
     tok = load_tokenizer(prepared)
     fp = tokenizer_fingerprint(tok)
@@ -249,7 +249,7 @@ def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings
     s = {**DEFAULT_SETTINGS, **(settings or {})}
     device = resolve_device(s["device"])
     dtype = resolve_dtype(s["dtype"], device)
-    model, fam = _load(prepared, dtype, s, device)
+    model, fam = load_for_measurement(prepared, dtype, s, device)
     backbone = resolve_backbone(model, fam)
     layers = layer_points(backbone, fam)
     peak = result.get("peak") or {}
@@ -308,7 +308,7 @@ def probe_checkpoint(prepared: dict, corpus_result: dict, settings: dict | None 
     dtype = resolve_dtype(s["dtype"], device)
     ctx = prepared.get("max_position_embeddings") or max_len
     longest = min(int(longest_len or ctx), int(ctx))
-    model, fam = _load(prepared, dtype, s, device)
+    model, fam = load_for_measurement(prepared, dtype, s, device)
     check_dtype(fam, dtype, force=bool(s.get("force_dtype")))
     tok = load_tokenizer(prepared)
     sets = make_probes(tok, min(max_len, ctx), longest, seed=seed)
@@ -322,11 +322,12 @@ def probe_checkpoint(prepared: dict, corpus_result: dict, settings: dict | None 
         meas.remove()
         per_set[name] = {k: r[k] for k in ("global_max_activation", "global_max_location", "peak")}
         per_set[name].update(num_samples=len(seqs), num_tokens=sum(lengths))
+    kernels = kernels_used(model)
     out = probe_summary(per_set, corpus_result)
     out.update(
         checkpoint=prepared["name"],
         settings={"max_len": max_len, "longest_len": longest, "seed": seed, "device": str(device), "dtype": str(dtype).replace("torch.", "")},
-        provenance={"model_id": prepared.get("model_id"), "attn_implementation": kernels_used(model)["attention"],
-                    "kernels": kernels_used(model), "environment": provenance.environment(), "timestamp": provenance.timestamp()},
+        provenance={"model_id": prepared.get("model_id"), "attn_implementation": kernels["attention"],
+                    "kernels": kernels, "environment": provenance.environment(), "timestamp": provenance.timestamp()},
     )
     return out
