@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
+sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from maxact import kernels as K  # noqa: E402
+from maxact.measurement import kernels as K  # noqa: E402
 
 
 def cuda_ms(fn, iters: int = 20, warmup: int = 3) -> float:
@@ -92,9 +92,9 @@ def bench_shape(n: int, c: int, dtype, iters: int, sweep: bool) -> None:
     ref = cuda_ms(lambda: K.row_stats_reference(x, valid, hist, True), max(3, iters // 4), warmup=1)
     print(f"  row_stats_reference (torch)             {ref:8.3f} ms")
     if K.backend_for(x, "cuda") == "cuda":
-        from maxact import cuda_kernels as CK
+        from maxact.measurement.kernels import cuda as CK
 
-        d = CK.defines(CK._KIND[dtype], c, c % 8 == 0, True, True)
+        d = CK.defines(CK.DTYPES[dtype], c, c % 8 == 0, True, True)
         print(f"  cuda kernel {d}: {CK.kernel_attributes(CK._kernel(d, x.device))}")
         def cuda_variant(attr: str, value) -> tuple[float, str]:
             """Time and check the CUDA kernel with one module setting changed (restored afterwards)."""

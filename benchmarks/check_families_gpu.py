@@ -17,6 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the shared tiny-model helpers (tests/tiny_models.py)
+sys.path.insert(0, str(TESTS))
+
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "x = [1, 2, 3]", "Grüße aus Köln!", "Ok.",
          "def f(a, b):\n    return a ** b  # power", "Lorem ipsum dolor sit amet, consectetur " * 2]
 
@@ -26,8 +29,8 @@ def _reference_without_gpu_kernels(folder, max_len):
     kernels when it imports the model code, and they cannot run on the CPU tensors of the reference."""
     import subprocess
 
-    code = ("import sys, json; sys.modules['fla'] = None\n"
-            "from maxact.testing import reference_layer_extremes\n"
+    code = (f"import sys, json; sys.modules['fla'] = None; sys.path.insert(0, {str(TESTS)!r})\n"
+            "from tiny_models import reference_layer_extremes\n"
             f"ext, n = reference_layer_extremes({str(folder)!r}, {TEXTS!r}, {max_len})\n"
             "print(json.dumps([{str(k): v for k, v in ext.items()}, n]))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -36,9 +39,9 @@ def _reference_without_gpu_kernels(folder, max_len):
 
 
 def main(argv=None) -> int:
-    from maxact.architectures import FAMILIES, supported_model_types
     from maxact.cli import main as cli
-    from maxact.testing import save_tiny_checkpoint
+    from maxact.models.registry import FAMILIES, supported_model_types
+    from tiny_models import save_tiny_checkpoint
 
     remote = {t for f in FAMILIES if f.remote_code for t in f.model_types}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

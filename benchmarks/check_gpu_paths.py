@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from maxact import stats as S
+from maxact.measurement import kernels as K
+from maxact.measurement import statistics as S
 
 
 def main():
@@ -19,7 +20,7 @@ def main():
                        torch.arange(2048, device=dev).expand(3, 2048).reshape(-1), torch.zeros(3 * 2048, dtype=torch.long, device=dev))
     out = {}
     for name, flag in (("triton", True), ("torch", False)):
-        S._TRITON = flag
+        K.FUSED_ENABLED = flag
         ps = S.PointStats("p", 3, dev)
         ps.update(x, info)
         out[name] = ps.finalize()

@@ -37,7 +37,7 @@ REPRESENTATIVES = ("Qwen2.5-7B", "Qwen2.5-VL-7B", "Qwen3-8B", "Qwen3-30B-A3B", "
 
 def family_workload(vocab: int, min_tokens: int, max_len: int, batch_size: int, max_batch_tokens: int, seed: int = 0):
     """Random token sequences with corpus-like lengths adding up to at least ``min_tokens``."""
-    from maxact.engine import collate, make_batches
+    from maxact.measurement.batching import collate, make_batches
 
     hi = min(5422, max_len)
     lo = min(136, hi // 4)
@@ -52,16 +52,17 @@ def family_workload(vocab: int, min_tokens: int, max_len: int, batch_size: int, 
 
 
 def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dict:
-    from maxact.architectures import resolve_backbone
-    from maxact.checkpoints import prepare_checkpoint
-    from maxact.kernels_used import kernels_used
-    from maxact.engine import resolve_dtype
-    from maxact.measure import load_for_measurement, statistics_kernel
+    from maxact.measurement.settings import MeasureSettings, resolve_dtype
+    from maxact.models.checkpoints import prepare_checkpoint
+    from maxact.models.kernels_used import kernels_used
+    from maxact.models.registry import resolve_backbone
+    from maxact.stages.loading import load_for_measurement
+    from maxact.stages.measure import statistics_kernel
 
     t0 = time.perf_counter()
     man = prepare_checkpoint(entry, cache)
     dtype = resolve_dtype("auto", dev)  # bf16 on the GPU, as the measure rule
-    model, fam = load_for_measurement(man, dtype, {"gpus": 1, "attn_implementation": a.attn_implementation}, dev)
+    model, fam = load_for_measurement(man, dtype, MeasureSettings.of({"attn_implementation": a.attn_implementation}), dev)
     build_s = time.perf_counter() - t0
     bb = resolve_backbone(model, fam)
     text = getattr(model.config, "text_config", None) or model.config
@@ -106,7 +107,7 @@ def main(argv=None):
     dev = torch.device(a.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/families.py measures full-shape models: it needs a CUDA GPU (or --device cpu on a tiny config)")
-    from maxact.measure import full_kinds
+    from maxact.measurement.settings import full_kinds
 
     entries = {c["name"]: c for c in yaml.safe_load(Path(a.config).read_text())["checkpoints"]}
     missing = [n for n in a.checkpoints if n not in entries]
@@ -123,7 +124,7 @@ def main(argv=None):
             print(json.dumps(results[-1], default=str), flush=True)
             if a.out:
                 Path(a.out).write_text(json.dumps(results, indent=1, default=str))
-    print(f"\n| checkpoint | family | attention | bare tok/s | measured tok/s | ratio (median; min-max) | memory ratio | tokens/pass |")
+    print("\n| checkpoint | family | attention | bare tok/s | measured tok/s | ratio (median; min-max) | memory ratio | tokens/pass |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         if "error" in r:

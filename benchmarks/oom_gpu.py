@@ -22,7 +22,9 @@ def main():
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from benchmarks.throughput import build
-    from maxact.engine import Measurement, assemble_result, make_batches, run_batches
+    from maxact.measurement.batching import make_batches, run_batches
+    from maxact.measurement.hooks import Measurement
+    from maxact.measurement.summary import assemble_result
 
     dev = torch.device("cuda")
     model = build(a.preset, torch.bfloat16, dev, None)

@@ -10,7 +10,7 @@ Variants (each a whole pass over the batches; the ratio is bare time / variant t
   no_sample  everything but the per-sample extremes
   immediate  every point folded at once instead of with the others at the end of the batch
   full       the real measurement
-A diagnostic, not a result: the variants monkeypatch maxact.stats / maxact.engine in this process.
+A diagnostic, not a result: the variants monkeypatch maxact.measurement.statistics / maxact.measurement.hooks in this process.
 ``--profile`` also prints the GPU time per kernel category for one bare and one measured batch.
 """
 
@@ -35,9 +35,9 @@ VARIANTS = ("hooks", "kernel", "kernel_x2", "no_topk", "no_sun", "no_sample", "i
 
 @contextlib.contextmanager
 def variant(name: str):
-    from maxact import engine as E
-    from maxact import kernels as K
-    from maxact import stats as S
+    from maxact.measurement import hooks as E
+    from maxact.measurement import kernels as K
+    from maxact.measurement import statistics as S
 
     saved = []
 
@@ -161,8 +161,9 @@ def main(argv=None):
     ap.add_argument("--out")
     a = ap.parse_args(argv)
 
-    from maxact.engine import Measurement, resolve_dtype, run_batches
-    from maxact.measure import full_kinds
+    from maxact.measurement.batching import run_batches
+    from maxact.measurement.hooks import Measurement
+    from maxact.measurement.settings import full_kinds, resolve_dtype
 
     fk = full_kinds(a.full_stats)
     dev = torch.device(a.device)

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from maxact import stats as S
+from maxact.measurement import statistics as S
 
 
 def _sync():

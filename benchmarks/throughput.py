@@ -60,7 +60,7 @@ def build(preset: str, dtype, device, layers: int | None):
 def workload(vocab: int, n_samples: int, max_len: int, batch_size: int, max_batch_tokens: int):
     """Random token sequences with corpus-like lengths, their batches (as the engine makes them) and the
     collated batches: (lengths, samples, batches, collated)."""
-    from maxact.engine import collate, make_batches
+    from maxact.measurement.batching import collate, make_batches
 
     hi = min(5422, max_len)
     lo = min(136, hi // 4)
@@ -100,7 +100,8 @@ def timed(fn, dev):
 def warm_up(model, backbone, samples, batches, collated, dev, full_kinds) -> float:
     """Seconds of warm-up (reported, not timed): every batch shape once bare (cuBLAS/SDPA/flex pick or
     compile kernels per shape) and the measurement's kernels (NVRTC/Triton) on the first and last batch."""
-    from maxact.engine import Measurement, run_batches
+    from maxact.measurement.batching import run_batches
+    from maxact.measurement.hooks import Measurement
 
     t0 = time.perf_counter()
     bare_forward(backbone, collated, dev)
@@ -114,7 +115,9 @@ def warm_up(model, backbone, samples, batches, collated, dev, full_kinds) -> flo
 def interleaved_pairs(model, backbone, samples, batches, collated, dev, full_kinds, repeats: int, label: str = "") -> dict:
     """``repeats`` (bare forward, full measurement) pairs over the same batches: each pair's tokens/s,
     ratio and peak memory, and the median/min/max ratio over the pairs."""
-    from maxact.engine import Measurement, assemble_result, run_batches
+    from maxact.measurement.batching import run_batches
+    from maxact.measurement.hooks import Measurement
+    from maxact.measurement.summary import assemble_result
 
     n_tok = sum(len(samples[i]) for b in batches for i in b)
 
@@ -160,8 +163,10 @@ def main(argv=None):
                     help="also profile one measured batch (torch.profiler) and print the top GPU kernels")
     a = ap.parse_args(argv)
 
-    from maxact.engine import Measurement, assemble_result, resolve_dtype, run_batches
-    from maxact.measure import full_kinds, statistics_kernel
+    from maxact.measurement.batching import run_batches
+    from maxact.measurement.hooks import Measurement
+    from maxact.measurement.settings import full_kinds, resolve_dtype
+    from maxact.stages.measure import statistics_kernel
 
     fk = full_kinds(a.full_stats)
 

@@ -3,6 +3,9 @@ rule aggregate:
     input:
         stats=measured_results,
         int8=int8_results,
+        published=published_results,
+        published_int8=published_int8,
+        published_config=published_config,
     output:
         global_table=f"{RESULTS}/aggregate/global_max.csv",
         layer_table=f"{RESULTS}/aggregate/layer_stats.parquet",
@@ -10,9 +13,8 @@ rule aggregate:
         comparison=f"{RESULTS}/aggregate/measured_vs_published.csv",
         int8_table=f"{RESULTS}/aggregate/int8.csv",
     params:
-        published_dir=published_dir(),
-        matched_pairs=canonical(config["matched_pairs"]),
-        checkpoints=canonical(config["checkpoints"]),
+        # The study's own checkpoints (meta) and pairs; the published ones come from input.published_config.
+        study=study_meta_config(),
     conda:
         "../environment.yml"
     log:

@@ -3,12 +3,12 @@
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 # Let the Snakefile import the package from the checkout even before `pip install -e .`.
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from maxact.workflow import (
+from maxact.stages.aggregate import PUBLISHED_INT8
+from maxact.study.resultset import discover_result_files
+from maxact.config import (
     checkpoint_entry,
     checkpoint_meta,
     checkpoint_names,
@@ -18,10 +18,8 @@ from maxact.workflow import (
     validate_config,
 )
 
-SCHEMA = f"{workflow.basedir}/config/schema/config.schema.yaml"
-validate_config(config, SCHEMA)  # path-aware messages for unknown keys and wrong types
-validate(config, SCHEMA, set_default=True)  # fills every default the schema declares
-validate_config(config, SCHEMA, semantic=True)
+SCHEMA = f"{workflow.basedir}/src/maxact/schema/config.schema.yaml"
+validate_config(config, SCHEMA)  # one snakemake.utils.validate (defaults filled in), path-aware messages on failure
 
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
@@ -91,13 +89,37 @@ def int8_results(wildcards=None):
     return expand(f"{RESULTS}/int8/{{ckpt}}/int8_check.json", ckpt=CHECKPOINTS)
 
 
-def published_dir():
-    """The published results folder (absolute), or None when the study leaves them out."""
-    pub = config["published"]
-    if not pub["include"]:
-        return None
-    p = Path(pub["dir"])
-    return str(p if p.is_absolute() else Path(workflow.basedir) / p)
+def _in_workflow(path):
+    p = Path(path)
+    return p if p.is_absolute() else Path(workflow.basedir) / p
+
+
+def published_results(wildcards=None):
+    """The published result files (inputs of the aggregate, so that changing one reruns it), or none."""
+    if not config["published"]["include"]:
+        return []
+    return [str(p) for p in discover_result_files([_in_workflow(config["published"]["dir"])])]
+
+
+def published_int8(wildcards=None):
+    """The paper's INT-8 summary inside the published folder, when the study includes it and it exists."""
+    if not config["published"]["include"]:
+        return []
+    p = _in_workflow(config["published"]["dir"]) / PUBLISHED_INT8
+    return [str(p)] if p.exists() else []
+
+
+def published_config(wildcards=None):
+    """The config naming the published checkpoints (meta, the paper's matched pairs), or none."""
+    if not config["published"]["include"] or not config["published"].get("config"):
+        return []
+    return [str(_in_workflow(config["published"]["config"]))]
+
+
+def study_meta_config():
+    """What the aggregate reads of the study's own config: its checkpoints' meta and its matched pairs."""
+    return canonical({"checkpoints": [{"name": c["name"], **checkpoint_meta(config, c["name"])} for c in config["checkpoints"]],
+                      "matched_pairs": config["matched_pairs"]})
 
 
 def per_sample_tables(wildcards=None):

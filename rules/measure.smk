@@ -6,7 +6,6 @@ rule measure:
         manifest=rules.corpus.output.manifest,
     output:
         stats=f"{RESULTS}/measure/{{ckpt}}/activation_stats.json",
-        layers=f"{RESULTS}/measure/{{ckpt}}/layer_stats.parquet",
         per_sample=f"{RESULTS}/measure/{{ckpt}}/per_sample_extremes.parquet",
     params:
         meta=ckpt_meta,

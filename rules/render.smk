@@ -36,7 +36,6 @@ rule render:
         ),
     params:
         study=config["study_name"],
-        config=canonical(config),
     conda:
         "../environment.yml"
     log:

@@ -71,7 +71,7 @@ def test_end_to_end_outputs(study):
         assert prov["tokenization"]["add_special_tokens"] is False
         assert r["global_max_location"] and r["peak"]["sample_id"]
         assert ck in html
-        assert (res / "measure" / ck / "layer_stats.parquet").exists()
+        assert (res / "measure" / ck / "per_sample_extremes.parquet").exists()
         assert (res / "int8" / ck / "int8_check.json").exists()
     # The published 27 sit beside the measured ones.
     gt = (res / "aggregate" / "global_max.csv").read_text()
@@ -114,6 +114,41 @@ def test_changing_a_corpus_setting_reruns_tokenize_and_measure(study, tmp_path):
     jobs = planned(snakemake(wd, "-n", configfile=new).stdout)
     assert jobs.get("corpus") == 1 and jobs.get("tokenize") == 2 and jobs.get("measure") == 2
     assert "prepare_checkpoint" not in jobs
+
+
+@pytest.mark.slow
+def test_changing_a_runtime_setting_reruns_nothing(study):
+    """Device, dtype and batch size come from the profile's runtime block: never a reason to rerun."""
+    wd, _ = study
+    p = snakemake(wd, "-n", "--config", "runtime={device: cpu, dtype: float32, batch_size: 3, max_batch_tokens: 999}")
+    assert "Nothing to be done" in p.stdout + p.stderr, p.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_editing_the_published_config_reruns_exactly_what_reads_it(study, tmp_path):
+    """The published checkpoints' config (their meta, the paper's matched pairs) is a declared input of the
+    aggregate: editing it reruns the aggregate and the render that reads its outputs, nothing upstream."""
+    import shutil
+    import time
+
+    wd = tmp_path / "study"
+    shutil.copytree(study[0], wd, symlinks=True)  # copy2: the finished study's timestamps are kept
+    local = wd / "paper.yaml"
+    shutil.copy2(REPO / "config" / "paper.yaml", local)
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["published"]["config"] = str(local)
+    own = tmp_path / "own_paper.yaml"
+    own.write_text(yaml.safe_dump(cfg))
+    snakemake(wd, configfile=own)  # the new input path: the aggregate reruns once
+    p = snakemake(wd, "-n", configfile=own)
+    assert "Nothing to be done" in p.stdout + p.stderr
+    time.sleep(1.1)  # a strictly newer modification time
+    paper = yaml.safe_load(local.read_text())
+    paper["matched_pairs"] = paper["matched_pairs"][:1]
+    local.write_text(yaml.safe_dump(paper))
+    jobs = planned(snakemake(wd, "-n", configfile=own).stdout)
+    jobs.pop("all", None)
+    assert jobs == {"aggregate": 1, "render": 1}, jobs
 
 
 @pytest.mark.parametrize(
@@ -223,7 +258,7 @@ def test_rehearsal_shapes_build_to_their_parameter_counts():
     import torch
     from transformers import AutoConfig
 
-    from maxact.architectures import family_for, loader_class
+    from maxact.models.registry import family_for, loader_class
 
     entries = yaml.safe_load((REPO / "config" / "rehearsal.yaml").read_text())["checkpoints"]
     assert {c["name"] for c in entries} == set(PUBLIC_PARAMS_B)

@@ -20,7 +20,7 @@ trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/src"
 # What `pip install -e .` needs, without results, caches or .git (tar's exit 1: a file changed while read).
 { tar -C "$root" --exclude=__pycache__ --exclude='*.egg-info' --warning=no-file-changed -cf - \
-    pyproject.toml README.md install.sh tools workflow_scripts || [[ $? -eq 1 ]]; } | tar -C "$tmp/src" -xf -
+    pyproject.toml README.md install.sh tools src workflow_scripts || [[ $? -eq 1 ]]; } | tar -C "$tmp/src" -xf -
 : >"$tmp/seed.txt"
 for name in $HOLD; do
     line="$(grep -iE "^${name}==" "$lock" | sed 's/[[:space:]]*#.*//' || true)"

@@ -1,14 +1,17 @@
 """Rule aggregate: measured + published results in one table; claims derived from them."""
 from maxact.rulelog import rule_logging
-from maxact.study import aggregate_for_workflow
+from maxact.stages.aggregate import AggregateOutputs, aggregate, meta_and_pairs, read_study_config
 
 with rule_logging(snakemake) as log:
-    claims = aggregate_for_workflow(
-        stats_paths=list(snakemake.input.stats),
+    # The published checkpoints' config first: the study's own entries override its meta.
+    configs = [read_study_config(p) for p in snakemake.input.published_config] + [dict(snakemake.params.study)]
+    meta, pairs = meta_and_pairs(configs)
+    claims = aggregate(
+        list(snakemake.input.stats) + list(snakemake.input.published),
+        AggregateOutputs.of(dict(snakemake.output.items())),
+        meta,
+        pairs,
         int8_paths=list(snakemake.input.int8),
-        published_dir=snakemake.params.published_dir,
-        checkpoints=list(snakemake.params.checkpoints),
-        matched_pairs=list(snakemake.params.matched_pairs),
-        outputs=dict(snakemake.output.items()),
+        published_int8=(list(snakemake.input.published_int8) or [None])[0],
     )
     log.info("claims: %s", claims)

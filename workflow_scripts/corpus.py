@@ -1,5 +1,5 @@
 """Rule corpus: materialise the configured corpus and its manifest."""
-from maxact.corpus import materialize_corpus
+from maxact.corpus.materialize import materialize_corpus
 from maxact.io import write_json
 from maxact.rulelog import rule_logging
 

@@ -1,8 +1,8 @@
 """Rule int8_check: the paper's INT-8 sanity check at the checkpoint's peak layer."""
+from maxact.corpus.tokenization import read_tokens
 from maxact.io import read_json, write_json
-from maxact.measure import int8_checkpoint
 from maxact.rulelog import rule_logging
-from maxact.tokenization import read_tokens
+from maxact.stages.int8 import int8_checkpoint
 
 with rule_logging(snakemake) as log:
     p = dict(snakemake.params.int8)

@@ -1,10 +1,10 @@
 """Rule measure: hook the text backbone and write activation_stats.json plus tidy tables."""
 from pathlib import Path
 
+from maxact.corpus.tokenization import read_tokens
 from maxact.io import read_json
-from maxact.measure import measure_checkpoint
 from maxact.rulelog import rule_logging
-from maxact.tokenization import read_tokens
+from maxact.stages.measure import measure_checkpoint
 
 with rule_logging(snakemake) as log:
     corpus_manifest = read_json(snakemake.input.manifest)

@@ -1,6 +1,6 @@
 """Rule prepare_checkpoint: resolve the checkpoint to a fast-loading local folder."""
-from maxact.checkpoints import prepare_checkpoint
 from maxact.io import write_json
+from maxact.models.checkpoints import prepare_checkpoint
 from maxact.rulelog import rule_logging
 
 with rule_logging(snakemake) as log:

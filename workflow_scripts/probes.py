@@ -1,7 +1,7 @@
 """Rule probes: measure the targeted probe sets and compare them with the corpus maximum."""
 from maxact.io import read_json, write_json
-from maxact.measure import probe_checkpoint
 from maxact.rulelog import rule_logging
+from maxact.stages.probes import probe_checkpoint
 
 with rule_logging(snakemake) as log:
     p = dict(snakemake.params.probes)

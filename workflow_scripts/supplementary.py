@@ -1,10 +1,10 @@
 """Rule supplementary: bootstrap and saturation of each checkpoint's global max (no re-measurement)."""
 import pandas as pd
 
-from maxact.analysis import supplementary
+from maxact.corpus.tokenization import read_tokens
 from maxact.io import atomic_save, write_json
 from maxact.rulelog import rule_logging
-from maxact.tokenization import read_tokens
+from maxact.study.analysis import supplementary
 
 with rule_logging(snakemake) as log:
     a = dict(snakemake.params.analysis)

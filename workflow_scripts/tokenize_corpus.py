@@ -1,10 +1,10 @@
 """Rule tokenize: tokenize the corpus with the tokenizer group's own tokenizer."""
-from maxact.checkpoints import load_tokenizer
-from maxact.corpus import read_corpus
+from maxact.corpus.records import read_corpus
+from maxact.corpus.tokenization import tokenize_records, tokenizer_fingerprint, write_tokens
 from maxact.io import read_json
+from maxact.models.checkpoints import load_tokenizer
 from maxact.provenance import environment, timestamp
 from maxact.rulelog import rule_logging
-from maxact.tokenization import tokenize_records, tokenizer_fingerprint, write_tokens
 
 with rule_logging(snakemake) as log:
     prepared = read_json(snakemake.input.prepared)

@@ -1,0 +1,290 @@
+"""One registry of hook maps: one entry per architecture family, keyed by ``config.model_type``.
+
+An entry names, by attribute path, the text backbone and every hook point of a decoder layer.
+Nothing is guessed from substrings: an unknown ``model_type`` is an error listing the supported ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+class UnsupportedArchitectureError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """How to read an MoE block (the layer's ``mlp`` when it has ``router`` as a child)."""
+
+    router: str  # child of the MoE block that routes tokens
+    # layer_{i}_moe_gate: which tensor of the router's output and how the published files transform it
+    moe_gate_index: int = 0
+    moe_gate_transform: str = "identity"  # 'identity' | 'softmax'
+    indices_index: int | None = 2  # router output element holding the selected experts [N, k]
+    router_logits_from_block: int | None = None  # MoE block output element holding router scores/logits
+    router_logits_from_router: int | None = None  # or: the router's output element
+    experts: str = "experts"
+    expert_act: str | None = "act_fn"  # module whose *input* is the expert gate pre-activation
+    num_experts_attr: str = "num_experts"  # attribute of the router
+
+
+# Attention implementations by what they need. SDPA and eager run anywhere. Flex attention is compiled
+# (torch.compile); transformers' flex path cannot apply attention sinks on the CPU, and on the CPU it is
+# no faster than eager, so it is a CUDA-only choice here. flash_attention_2 needs the flash-attn package.
+ATTENTION_NEEDS_CUDA = frozenset({"flex_attention", "flash_attention_2", "flash_attention_3"})
+_DEFAULT_ATTENTION = ("sdpa", "flash_attention_2", "eager")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    loader: str = "causal_lm"  # 'causal_lm' | 'image_text_to_text'
+    # model_type -> loader, where one family has both a multimodal wrapper and a text-only checkpoint
+    # (qwen3_5 loads as image-text-to-text, qwen3_5_text as a causal LM).
+    loader_by_type: tuple[tuple[str, str], ...] = ()
+    # Attention implementations that compute this family's attention exactly (softcapping, sinks,
+    # sliding windows), fastest first; the first one the device can run is the default.
+    attention: tuple[str, ...] = _DEFAULT_ATTENTION
+    backbone: tuple[str, ...] = ("model",)  # attribute paths tried in order; the first with `.layers`
+    attn: tuple[str, ...] = ("self_attn",)  # the layer has exactly one of these
+    mlp: str = "mlp"
+    gate_proj: str | None = "gate_proj"  # child of a dense MLP whose output is the SwiGLU gate
+    residual_in: tuple[tuple[str, str], ...] = ()  # (point suffix, layer child) for sandwich norms
+    moe: MoESpec | None = None
+    final_norm: str = "norm"
+    # Published peaks of the family exceed float16's range (65,504): fp16 is refused unless forced.
+    fp16_unsafe: bool = False
+    remote_code: bool = False
+    notes: str = ""
+
+
+# Gemma 2 soft-caps attention logits and gpt-oss adds a learned sink per head: transformers' SDPA path
+# implements neither (both classes refuse it). Eager computes both directly and is the default. Flex
+# attention applies them too (score modification / LSE renormalisation) and may be chosen, but it is not
+# the default: transformers compiles it per mask function and shape, so a study's many padded batch
+# shapes hit torch.compile's recompile limit and fall back to a score-materialising path, and a short
+# last batch failed to lower (seen on an H200, torch 2.11 + transformers 5.24).
+_NO_SDPA = ("eager", "flex_attention")
+_SANDWICH = (("attn_residual_in", "post_attention_layernorm"), ("mlp_residual_in", "post_feedforward_layernorm"))
+_QWEN_MOE = MoESpec(router="gate", moe_gate_transform="softmax")
+
+FAMILIES: tuple[Family, ...] = (
+    Family("llama", ("llama",), notes="SmolLM2, Llama"),
+    Family("qwen2", ("qwen2",), notes="Qwen2.5 base and instruct"),
+    Family("qwen2_moe", ("qwen2_moe",), moe=_QWEN_MOE),
+    Family("qwen3", ("qwen3",)),
+    Family("qwen3_moe", ("qwen3_moe",), moe=_QWEN_MOE),
+    Family(
+        "qwen3_5",
+        ("qwen3_5", "qwen3_5_text"),
+        loader="image_text_to_text",
+        loader_by_type=(("qwen3_5_text", "causal_lm"),),
+        backbone=("model.language_model", "model"),
+        attn=("linear_attn", "self_attn"),
+        notes="hybrid Gated-DeltaNet linear attention + full attention",
+    ),
+    Family(
+        "qwen3_5_moe",
+        ("qwen3_5_moe", "qwen3_5_moe_text"),
+        loader="image_text_to_text",
+        loader_by_type=(("qwen3_5_moe_text", "causal_lm"),),
+        backbone=("model.language_model", "model"),
+        attn=("linear_attn", "self_attn"),
+        moe=_QWEN_MOE,
+    ),
+    Family("qwen2_5_vl", ("qwen2_5_vl",), loader="image_text_to_text", backbone=("model.language_model",)),
+    Family("gemma", ("gemma",), fp16_unsafe=True, notes="Gemma 1"),
+    Family("gemma2", ("gemma2",), residual_in=_SANDWICH, fp16_unsafe=True, attention=_NO_SDPA,
+           notes="attention logit soft-capping: no SDPA"),
+    Family("gemma3_text", ("gemma3_text",), residual_in=_SANDWICH, fp16_unsafe=True, notes="Gemma 3 text-only"),
+    Family(
+        "gemma3",
+        ("gemma3",),
+        loader="image_text_to_text",
+        backbone=("model.language_model",),
+        residual_in=_SANDWICH,
+        fp16_unsafe=True,
+        notes="Gemma3ForConditionalGeneration",
+    ),
+    Family(
+        "gpt_oss",
+        ("gpt_oss",),
+        moe=MoESpec(
+            router="router",
+            moe_gate_transform="identity",
+            router_logits_from_block=1,
+            expert_act=None,
+            num_experts_attr="num_experts",
+        ),
+        fp16_unsafe=True,
+        attention=_NO_SDPA,
+        notes="attention sinks (no SDPA); MoE block returns (out, router_scores); published 'moe_gate' = raw router logits",
+    ),
+    Family(
+        "bailing_moe",
+        ("bailing_moe", "bailing_moe_v2"),
+        # Ling-mini-2.0's remote modelling code (modeling_bailing_moe_v2.py): layers[i].attention returns
+        # (out, weights, cache); layers[i].mlp is BailingMoeV2MLP (gate_proj) or BailingMoeV2SparseMoeBlock
+        # with .gate (BailingMoeV2Gate -> (topk_idx, topk_weight, logits)), .experts, .shared_experts.
+        # The published files' 'moe_gate' is the gate's first output (the selected expert indices) and
+        # 'router_logits' its logits; both are kept as published for one-to-one comparison.
+        attn=("attention", "self_attn"),
+        moe=MoESpec(router="gate", moe_gate_index=0, indices_index=0, router_logits_from_router=2, expert_act=None,
+                    num_experts_attr="num_experts"),
+        remote_code=True,
+        notes="Ling; remote code only (trust_remote_code opt-in per checkpoint)",
+    ),
+    Family(
+        "bailing_hybrid",
+        ("bailing_hybrid",),
+        moe=MoESpec(router="gate", num_experts_attr="num_experts"),
+        notes="transformers-native Bailing hybrid; stands in for Ling in tests",
+    ),
+)
+
+_BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_BY_TYPE)
+
+
+def family_for(config) -> Family:
+    mt = getattr(config, "model_type", None)
+    try:
+        return _BY_TYPE[mt]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"architecture model_type={mt!r} ({type(config).__name__}) is not in the maxact hook registry. "
+            f"Supported: {', '.join(supported_model_types())}. "
+            "Add an entry to maxact.models.registry.FAMILIES naming its backbone and hook modules."
+        ) from None
+
+
+def get_path(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def has_path(obj, path: str) -> bool:
+    try:
+        get_path(obj, path)
+        return True
+    except AttributeError:
+        return False
+
+
+def resolve_backbone(model: torch.nn.Module, family: Family) -> torch.nn.Module:
+    # A bare backbone (AutoModel / the text model itself) is accepted as well.
+    candidates = [p for p in family.backbone if has_path(model, p)]
+    for p in candidates:
+        bb = get_path(model, p)
+        if hasattr(bb, "layers"):
+            return bb
+    if hasattr(model, "layers") and hasattr(model, family.final_norm):
+        return model
+    raise UnsupportedArchitectureError(
+        f"{type(model).__name__}: none of the backbone paths {family.backbone} of family {family.name!r} "
+        "leads to a module with `.layers`"
+    )
+
+
+@dataclass
+class LayerPoints:
+    """The modules to hook in one decoder layer (None where the layer has no such point)."""
+
+    index: int
+    layer: torch.nn.Module
+    attn: torch.nn.Module | None
+    mlp: torch.nn.Module | None
+    gate_proj: torch.nn.Module | None
+    residual_in: dict[str, torch.nn.Module] = field(default_factory=dict)
+    moe_block: torch.nn.Module | None = None
+    router: torch.nn.Module | None = None
+    expert_act: torch.nn.Module | None = None
+    num_experts: int = 0
+
+
+def layer_points(backbone: torch.nn.Module, family: Family) -> list[LayerPoints]:
+    out = []
+    for i, layer in enumerate(backbone.layers):
+        attn = next((getattr(layer, a) for a in family.attn if hasattr(layer, a)), None)
+        mlp = getattr(layer, family.mlp, None)
+        lp = LayerPoints(index=i, layer=layer, attn=attn, mlp=mlp, gate_proj=None)
+        moe = family.moe
+        if moe is not None and mlp is not None and hasattr(mlp, moe.router):
+            lp.moe_block = mlp
+            lp.router = getattr(mlp, moe.router)
+            experts = getattr(mlp, moe.experts, None)
+            if moe.expert_act and experts is not None:
+                lp.expert_act = getattr(experts, moe.expert_act, None)
+            lp.num_experts = int(getattr(lp.router, moe.num_experts_attr, 0) or 0)
+        elif mlp is not None and family.gate_proj:
+            lp.gate_proj = getattr(mlp, family.gate_proj, None)
+        for suffix, child in family.residual_in:
+            if hasattr(layer, child):
+                lp.residual_in[suffix] = getattr(layer, child)
+        out.append(lp)
+    return out
+
+
+def points_module(backbone, family: Family, layers: list[LayerPoints], point: str):
+    """The module whose output is the residual-stream point ``point`` (``layer_{i}_hidden`` or the final norm)."""
+    from maxact import points
+
+    kind, layer = points.parse_component(point)
+    if kind == "final_norm":
+        return getattr(backbone, family.final_norm)
+    if kind == "hidden" and layer is not None and 0 <= layer < len(layers):
+        return layers[layer].layer
+    raise ValueError(f"{point!r} is not a residual-stream point of this model ({len(layers)} layers)")
+
+
+def loader_for(family: Family, model_type: str) -> str:
+    return dict(family.loader_by_type).get(model_type, family.loader)
+
+
+def loader_class(family: Family, model_type: str):
+    """The transformers Auto class that loads a checkpoint of ``model_type`` (a family member)."""
+    import transformers
+
+    if model_type not in family.model_types:
+        raise UnsupportedArchitectureError(f"model_type {model_type!r} is not a member of family {family.name!r} {family.model_types}")
+    if loader_for(family, model_type) == "image_text_to_text":
+        return transformers.AutoModelForImageTextToText
+    return transformers.AutoModelForCausalLM
+
+
+class AttentionError(ValueError):
+    pass
+
+
+def attention_usable(impl: str, device_type: str) -> bool:
+    if impl in ATTENTION_NEEDS_CUDA and device_type != "cuda":
+        return False
+    if impl == "flash_attention_2":
+        import importlib.util
+
+        return importlib.util.find_spec("flash_attn") is not None
+    return True
+
+
+def resolve_attention(family: Family, requested: str | None, device_type: str) -> str:
+    """The attention implementation to load ``family`` with: the user's choice where the family can run
+    it on this device, else (``None``/``auto``) the family's fastest exact one that the device can run."""
+    usable = [a for a in family.attention if attention_usable(a, device_type)]
+    if requested in (None, "", "auto"):
+        return usable[0]
+    if requested not in usable:  # usable is a subset of family.attention
+        why = "does not compute this family's attention" if requested not in family.attention else f"cannot run on {device_type} here"
+        raise AttentionError(
+            f"attention implementation {requested!r} {why} (family {family.name!r}: {family.notes or family.model_types}). "
+            f"Implementations that work for {family.name} on {device_type}: {', '.join(usable)}. "
+            "Set runtime.attn_implementation (or --attn-implementation) to one of them, or to auto."
+        )
+    return requested

@@ -1,0 +1,107 @@
+"""Activation cards: the paper's recommendation that releases report their maximum activations.
+
+A card (Markdown for a model card, plus JSON) gives M and where it sits, the split between the
+residual stream, attention and MLP, the INT-8 verdict per policy, and the corpus/settings used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from maxact.io import atomic_write_text, read_json, write_json
+from maxact.study.resultset import parse_component
+
+# SQNR verdicts for INT-8 of the peak-layer hidden state (dB).
+VERDICTS = ((20.0, "fine"), (10.0, "degraded"), (float("-inf"), "unusable"))
+# Card wording for the component kinds of maxact.study.resultset.parse_component.
+CARD_NAMES = {"attn": "attention", "hidden": "residual"}
+
+
+def _kind(comp: str) -> str:
+    kind = parse_component(comp)[0]
+    return CARD_NAMES.get(kind, kind)
+
+
+def verdict(sqnr_db: float | None) -> str:
+    if sqnr_db is None:
+        return "n/a"
+    return next(v for t, v in VERDICTS if sqnr_db >= t)
+
+
+def build_card(result: dict, int8: dict | None) -> dict:
+    split: dict[str, dict] = {}
+    for comp, st in result["per_layer_stats"].items():
+        if st.get("max") is None:
+            continue
+        k = _kind(comp)
+        m = max(abs(st["max"]), abs(st["min"]))
+        if m > split.get(k, {}).get("max_abs", -1):
+            split[k] = {"max_abs": m, "component": comp}
+    prov = result.get("provenance", {})
+    card = {
+        "checkpoint": result.get("checkpoint"),
+        "model_id": prov.get("model_id") or result.get("model_name"),
+        "revision": prov.get("resolved_revision") or prov.get("revision"),
+        "M": abs(result["global_max_activation"]),
+        "M_signed": result["global_max_activation"],
+        "location": result["global_max_location"],
+        "peak": result.get("peak"),
+        "split": split,
+        "int8": {p: {"sqnr_db": v.get("mean_sqnr_db"), "clip_rate": v.get("mean_clip_rate"), "verdict": verdict(v.get("mean_sqnr_db"))}
+                 for p, v in ((int8 or {}).get("policies") or {}).items()},
+        "corpus_sha256": prov.get("corpus_sha256"),
+        "num_samples": result.get("num_samples"),
+        "num_tokens": result.get("num_tokens"),
+        "tokenization": prov.get("tokenization"),
+        "settings": prov.get("settings"),
+        "weights_note": prov.get("weights_note"),
+        "libraries": (prov.get("environment") or {}).get("libraries"),
+    }
+    return card
+
+
+def card_markdown(card: dict) -> str:
+    p = card.get("peak") or {}
+    lines = [
+        f"## Activation card: {card['checkpoint']}",
+        "",
+        f"- **Maximum activation M = {card['M']:.6g}** (signed {card['M_signed']:.6g}) at `{card['location']}`",
+        f"- Peak: sample `{p.get('sample_id')}`, token position {p.get('position')}, token id {p.get('token_id')} ({p.get('token')!r}), channel {p.get('channel')}",
+        f"- Model: `{card['model_id']}` revision `{card['revision']}`" + (f"; {card['weights_note']}" if card.get("weights_note") else ""),
+        f"- Corpus: {card['num_samples']} samples, {card['num_tokens']} tokens, sha256 `{card['corpus_sha256']}`",
+        f"- Tokenization: {(card.get('tokenization') or {}).get('policy')}, max_seq_len {(card.get('tokenization') or {}).get('max_seq_len')}",
+        "",
+        "| where | max abs | component |",
+        "|---|---|---|",
+    ]
+    for k in ("embedding", "residual", "attention", "mlp", "mlp_gate", "moe_gate", "router_logits", "final_norm"):
+        if k in card["split"]:
+            lines.append(f"| {k} | {card['split'][k]['max_abs']:.6g} | `{card['split'][k]['component']}` |")
+    if card["int8"]:
+        lines += ["", "| INT-8 policy | SQNR (dB) | clip rate | verdict |", "|---|---|---|---|"]
+        for pol, v in card["int8"].items():
+            sq = "n/a" if v["sqnr_db"] is None else f"{v['sqnr_db']:.2f}"
+            cr = "n/a" if v["clip_rate"] is None else f"{v['clip_rate']:.2e}"
+            lines.append(f"| {pol} | {sq} | {cr} | {v['verdict']} |")
+    lines += ["", "Measured with maxact (symmetric INT-8 of the peak-layer hidden state; verdict: >= 20 dB fine, >= 10 dB degraded, else unusable)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(result_dir, out_dir=None) -> list[str]:
+    result_dir = Path(result_dir)
+    stats_path = result_dir / "activation_stats.json"
+    if not stats_path.exists():
+        raise FileNotFoundError(f"{stats_path} not found: point `maxact card` at a measure output folder")
+    result = read_json(stats_path)
+    int8 = None
+    for cand in (result_dir / "int8_check.json", result_dir.parent.parent / "int8" / result_dir.name / "int8_check.json"):
+        if cand.exists():
+            int8 = read_json(cand)
+            break
+    card = build_card(result, int8)
+    out = Path(out_dir) if out_dir else result_dir
+    name = card["checkpoint"] or result_dir.name
+    md, js = out / f"{name}.activation_card.md", out / f"{name}.activation_card.json"
+    atomic_write_text(md, card_markdown(card))
+    write_json(js, card)
+    return [str(md), str(js)]

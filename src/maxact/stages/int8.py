@@ -1,0 +1,61 @@
+"""Stage ``int8``: the paper's INT-8 sanity check at the checkpoint's peak layer (see maxact.measurement.quant)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from maxact import points, provenance
+from maxact.measurement.quant import run_int8_check, split_samples
+from maxact.measurement.settings import MeasureSettings
+from maxact.models.kernels_used import kernels_used
+from maxact.models.registry import layer_points, points_module, resolve_backbone
+from maxact.stages.loading import load
+
+
+def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings: MeasureSettings | dict | None = None,
+                    n_calib: int = 128, n_eval: int = 256, max_tokens: int = 4096, seed: int = 0) -> dict:
+    """The paper's INT-8 check on the hidden state at the checkpoint's peak layer (see maxact.measurement.quant)."""
+    s = settings if isinstance(settings, MeasureSettings) else MeasureSettings.of(settings)
+    loaded = load(prepared, s, check=False)
+    model, fam, device, dtype = loaded.model, loaded.family, loaded.device, loaded.dtype
+    backbone = resolve_backbone(model, fam)
+    layers = layer_points(backbone, fam)
+    # The residual stream at the peak: its layer's output, the final norm's, or (an embedding peak) layer 0's.
+    point = points.residual_point_at((result.get("peak") or {}).get("component"), len(layers))
+    module = points_module(backbone, fam, layers, point)
+    samples = [list(map(int, x))[:max_tokens] for x in tokens["input_ids"]]
+    calib, evals = split_samples(len(samples), n_calib, n_eval, seed)
+    captured: list = []
+    h = module.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, (tuple, list)) else o))
+    in_dev = backbone.get_input_embeddings().weight.device
+
+    @torch.no_grad()
+    def capture(indices):
+        for i in indices:  # one sample at a time: no padding to exclude
+            captured.clear()
+            ids = torch.tensor([samples[i]], device=in_dev)
+            backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            yield captured[0][0].float()
+
+    hidden = getattr(getattr(model.config, "text_config", None) or model.config, "hidden_size")
+    total = sum(len(samples[i]) for i in calib) * hidden
+    out = run_int8_check(capture, calib, evals, total)
+    h.remove()
+    out.update(
+        checkpoint=prepared["name"],
+        model_name=result.get("model_name"),
+        point=point,
+        reference_global_max_abs=abs(result["global_max_activation"]) if result.get("global_max_activation") is not None else None,
+        max_tokens=max_tokens,
+        seed=seed,
+        provenance={
+            "model_id": prepared.get("model_id"),
+            "corpus_sha256": result.get("provenance", {}).get("corpus_sha256"),
+            "settings": {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "n_calib": n_calib, "n_eval": n_eval},
+            "kernels": kernels_used(model),
+            "environment": provenance.environment(),
+            "timestamp": provenance.timestamp(),
+        },
+    )
+    return out

@@ -1,0 +1,48 @@
+"""The one load sequence of the GPU stages (measure, INT-8, probes): settings -> device, dtype, model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from maxact.measurement.settings import MeasureSettings, check_dtype, device_map, resolve_device, resolve_dtype
+from maxact.models.checkpoints import load_model
+from maxact.models.kernels_used import cpu_incompatible
+from maxact.models.registry import Family
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    family: Family
+    device: torch.device
+    dtype: torch.dtype
+
+
+def load_for_measurement(prepared: dict, dtype, s: MeasureSettings, device: torch.device):
+    """The model on ``device`` with the attention implementation settled for its family."""
+    model, fam = load_model(prepared, dtype, device_map=device_map(s, device), attn_implementation=s.attn_implementation,
+                            device=device)
+    if device.type == "cpu":
+        bound = cpu_incompatible(model)
+        if bound:
+            pkgs = sorted({impl.split(".")[0] for impl in bound.values()})
+            raise RuntimeError(
+                f"checkpoint {prepared['name']!r} cannot be measured on the CPU here: transformers bound "
+                f"{', '.join(f'{k} -> {v}' for k, v in sorted(bound.items()))} when it imported the model code (GPU kernels "
+                f"of {', '.join(pkgs)}, whatever the device). Measure on CUDA, or run the CPU measurement in an "
+                f"environment without {', '.join(pkgs)} (e.g. pip uninstall fla-core)."
+            )
+        model.to(device)
+    return model, fam
+
+
+def load(prepared: dict, s: MeasureSettings, check: bool = True) -> Loaded:
+    """Device and dtype from the settings, the model loaded for them; ``check``: refuse an unsafe float16."""
+    device = resolve_device(s.device)
+    dtype = resolve_dtype(s.dtype, device)
+    model, fam = load_for_measurement(prepared, dtype, s, device)
+    if check:
+        check_dtype(fam, dtype, force=bool(s.force_dtype))
+    return Loaded(model, fam, device, dtype)

@@ -1,0 +1,161 @@
+"""Stage ``measure``: one checkpoint end to end (load, batch, hook, summarise, write its result files).
+
+The ``measure`` rule and ``maxact measure`` both call :func:`measure_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from maxact import provenance
+from maxact.corpus.tokenization import tokenizer_fingerprint
+from maxact.io import atomic_save, write_json
+from maxact.measurement import kernels as statistics_kernels
+from maxact.measurement.batching import make_batches, run_batches
+from maxact.measurement.hooks import Measurement
+from maxact.measurement.settings import MeasureSettings, resolve_device
+from maxact.measurement.summary import assemble_result, per_sample_table
+from maxact.models.checkpoints import load_tokenizer
+from maxact.models.kernels_used import kernels_used
+from maxact.stages.loading import load
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)
+
+
+def statistics_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    """Which implementation computed the statistics (cuda / triton / torch), with any fallback reason."""
+    return statistics_kernels.describe(device, dtype)
+
+
+def measure_checkpoint(
+    prepared: dict,
+    tokens: pd.DataFrame,
+    token_meta: dict,
+    out_dir: str | Path,
+    settings: MeasureSettings | dict | None = None,
+    meta: dict | None = None,
+    corpus_sha256: str | None = None,
+) -> dict:
+    s = settings if isinstance(settings, MeasureSettings) else MeasureSettings.of(settings)
+    out_dir = Path(out_dir)
+    device = resolve_device(s.device)
+    if s.max_samples:
+        tokens = tokens.iloc[: int(s.max_samples)]
+    if len(tokens) == 0:
+        raise ValueError("the tokenized corpus is empty: nothing to measure. Check corpus.max_samples and the corpus source.")
+    # Checked from the prepared manifest, before the model is loaded or any GPU work starts.
+    ctx = prepared.get("max_position_embeddings")
+    too_long = int(tokens["n_tokens"].max())
+    if ctx and too_long > ctx:
+        raise ValueError(
+            f"checkpoint {prepared['name']!r}: a sample has {too_long} tokens but the model's context is {ctx}; "
+            f"lower tokenization.max_seq_len to at most {ctx}."
+        )
+    t_load = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loaded = load(prepared, s)
+    model, fam, dtype = loaded.model, loaded.family, loaded.dtype
+    tok = load_tokenizer(prepared)
+    fp = tokenizer_fingerprint(tok)
+    if token_meta.get("tokenizer_sha256") and token_meta["tokenizer_sha256"] != fp:
+        raise ValueError(
+            f"checkpoint {prepared['name']!r}: its tokenizer ({fp[:12]}) differs from the one that tokenized its group "
+            f"({token_meta['tokenizer_sha256'][:12]}); give it its own tokenizer_group in the config."
+        )
+    load_seconds = time.perf_counter() - t_load
+
+    samples = [list(map(int, x)) for x in tokens["input_ids"]]
+    sample_ids = list(tokens["sample_id"])
+    lengths = [len(x) for x in samples]
+    batches = make_batches(lengths, int(s.batch_size), s.max_batch_tokens)
+    meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds())
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    state_path = out_dir / "partial_state.pt"
+    start = 0
+    every = int(s.checkpoint_every or 0)
+    if every and state_path.exists():
+        saved = torch.load(state_path, map_location=device, weights_only=True)
+        if saved.get("batches") == batches:
+            meas.restore(saved["state"])
+            start = int(saved["next_batch"])
+            log.info("resuming %s from batch %d of %d", prepared["name"], start, len(batches))
+
+    def save_state(bi: int) -> None:
+        if every and (bi + 1) % every == 0 and bi + 1 < len(batches):
+            state = {"batches": batches, "next_batch": bi + 1, "state": meas.state()}
+            atomic_save(state_path, lambda tmp: torch.save(state, tmp))
+
+    from tqdm.auto import tqdm
+
+    total = sum(lengths[i] for b in batches[start:] for i in b)
+    with tqdm(total=total, unit="tok", desc=prepared["name"], mininterval=5.0) as bar:
+        run = run_batches(meas, samples, batches, pad_id, progress=bar.update, start_batch=start, on_batch_done=save_state)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    host = meas.host_state()  # every statistic to the host once, for both tables
+    result_core = assemble_result(meas, sample_ids, decode=lambda i: tok.decode([i]), host=host)
+    per_sample = per_sample_table(meas, sample_ids, host=host)
+    meas.remove()
+
+    text_cfg = getattr(model.config, "text_config", None) or model.config
+    kernels = kernels_used(model)
+    result = {
+        "checkpoint": prepared["name"],
+        "model_name": prepared.get("model_id") or prepared["name"],
+        "model_type": model.config.model_type,
+        "family": fam.name,
+        "num_hidden_layers": text_cfg.num_hidden_layers,
+        "hidden_size": text_cfg.hidden_size,
+        "num_samples": len(samples),
+        "num_tokens": int(sum(lengths)),
+        "max_seq_len": token_meta.get("max_seq_len"),
+        **result_core,
+        "meta": meta or {},
+        "provenance": {
+            "model_id": prepared.get("model_id"),
+            "revision": prepared.get("revision"),
+            "resolved_revision": prepared.get("resolved_revision"),
+            "source": prepared.get("source"),
+            "gguf": prepared.get("gguf"),
+            "weights_note": prepared.get("weights_note"),
+            "trust_remote_code": prepared.get("trust_remote_code", False),
+            "corpus_sha256": corpus_sha256 or token_meta.get("corpus_sha256"),
+            "tokenizer_sha256": fp,
+            "tokenization": {
+                "add_special_tokens": token_meta.get("add_special_tokens"),
+                "split_special_tokens": True,
+                "max_seq_len": token_meta.get("max_seq_len"),
+                "policy": "none added (paper)" if not token_meta.get("add_special_tokens") else "model's own convention",
+            },
+            "settings": {**{k: (str(v) if k == "device_map" else v) for k, v in s.as_dict().items()}, "device": str(device),
+                         "dtype": str(dtype).replace("torch.", "")},
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "statistics_kernel": statistics_kernel(device, dtype),
+            "attn_implementation": kernels["attention"],
+            "kernels": kernels,
+            "environment": provenance.environment(),
+            "timestamp": provenance.timestamp(),
+            "durations": {"load_seconds": round(load_seconds, 3), "measure_seconds": round(run["seconds"], 3)},
+            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
+            "oom_splits": run["oom_splits"],
+            "resumed_from_batch": start,
+        },
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_save(out_dir / "per_sample_extremes.parquet", lambda tmp: per_sample.to_parquet(tmp, index=False))
+    write_json(out_dir / "activation_stats.json", result)
+    if state_path.exists():
+        os.unlink(state_path)
+    return result
+
+

@@ -1,0 +1,230 @@
+"""Read result files (measured ``activation_stats.json`` and the paper's published
+``*_activation_stats.json``) into normalised records and tidy tables.
+
+A record is a plain dict::
+
+    {"name": ..., "source": "measured" | "published", "path": Path, "raw": <file dict>,
+     "meta": {family, generation, role, params_b, active_params_b, main_analysis, published_name}}
+
+Nothing here knows any published figure: every number comes from the files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+from maxact.config import META_KEYS  # one definition, shared with the config helpers
+from maxact.points import (  # noqa: F401  (re-exported: the study's readers take them from here)
+    GLOBAL_KINDS,
+    RESIDUAL_KINDS,
+    forward_order_key,
+    global_max,
+    parse_component,
+    parse_location,
+)
+
+#: Folder names the paper's authors used -> family slug (role hints where the folder implies one).
+PUBLISHED_FOLDER_FAMILY = {
+    "qwen2.5": ("qwen2.5", None),
+    "qwen2.5-it": ("qwen2.5", "instruct"),
+    "qwen2.5-vl": ("qwen2.5-vl", "vlm"),
+    "qwen3": ("qwen3", None),
+    "qwen3.5": ("qwen3.5", None),
+    "gemma2": ("gemma2", None),
+    "gemma3": ("gemma3", None),
+    "gpt_oss": ("gpt-oss", None),
+    "gpt-oss": ("gpt-oss", None),
+    "ling": ("ling", None),
+}
+
+RESULT_FILE = "activation_stats.json"
+PUBLISHED_SUFFIX = "_activation_stats.json"
+
+
+# --------------------------------------------------------------------------- components
+
+def recompute_global_max(per_layer_stats: Mapping[str, Mapping]) -> tuple[float, str, str]:
+    """:func:`maxact.points.global_max` of a result file's ``per_layer_stats``; ValueError when there is none."""
+    best = global_max(per_layer_stats)
+    if best is None:
+        raise ValueError("no finite max/min in any global component (embedding/hidden/attn/mlp/final_layernorm)")
+    return best
+
+
+def components_at_global_max(per_layer_stats: Mapping[str, Mapping]) -> list[str]:
+    """Every GLOBAL_KINDS component whose max or min reaches the global |max| exactly (ties), forward order."""
+    value = abs(recompute_global_max(per_layer_stats)[0])
+    out = []
+    for comp in sorted(per_layer_stats, key=forward_order_key):
+        if parse_component(comp)[0] in GLOBAL_KINDS:
+            st = per_layer_stats[comp] or {}
+            if any(_is_number(st.get(e)) and abs(float(st[e])) == value for e in ("max", "min")):
+                out.append(comp)
+    return out
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------- discovery / loading
+
+def discover_result_files(dirs: Iterable[str | Path]) -> list[Path]:
+    """Every ``activation_stats.json`` / ``*_activation_stats.json`` below ``dirs`` (recursive).
+
+    A path that is itself a result file is taken as is. Sorted by path, duplicates dropped.
+    Raises ValueError naming a directory that does not exist.
+    """
+    if isinstance(dirs, (str, Path)):
+        dirs = [dirs]
+    found: dict[str, Path] = {}
+    for d in dirs:
+        d = Path(d)
+        if d.is_file():
+            if _is_result_name(d.name):
+                found[str(d.resolve())] = d
+            continue
+        if not d.is_dir():
+            raise ValueError(f"results directory does not exist: {d}")
+        for p in d.rglob("*" + RESULT_FILE):
+            if p.is_file() and _is_result_name(p.name) and not any(part.startswith(".") for part in p.relative_to(d).parts):
+                found[str(p.resolve())] = p
+    return sorted(found.values(), key=lambda p: p.parts)
+
+
+def _is_result_name(name: str) -> bool:
+    return name == RESULT_FILE or (name.endswith(PUBLISHED_SUFFIX) and len(name) > len(PUBLISHED_SUFFIX))
+
+
+def meta_from_config(cfg: Mapping) -> dict[str, dict]:
+    """name -> meta (META_KEYS) from a study config dict; a ``published_name`` maps to the same meta."""
+    out: dict[str, dict] = {}
+    for c in cfg.get("checkpoints") or []:
+        m = {k: c.get(k) for k in META_KEYS}
+        out[c["name"]] = m
+    for c in cfg.get("checkpoints") or []:
+        pn = c.get("published_name")
+        if pn and pn not in out:
+            out[pn] = out[c["name"]]
+    return out
+
+
+def load_config_meta(config_path: str | Path) -> dict[str, dict]:
+    import yaml
+
+    return meta_from_config(yaml.safe_load(Path(config_path).read_text()) or {})
+
+
+def load_result(path: str | Path, meta_lookup: Mapping[str, Mapping] | None = None) -> dict:
+    """One result file -> normalised record (see module docstring).
+
+    Meta precedence (per key, None never overrides a value): ``meta_lookup[name]`` (the study
+    config, authoritative) > the file's own ``meta`` > what the published folder name implies.
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    if not isinstance(raw, dict) or "per_layer_stats" not in raw:
+        raise ValueError(f"{path}: not an activation-stats result file (no per_layer_stats)")
+    source = "measured" if "provenance" in raw else "published"
+    if source == "measured":
+        name = raw.get("checkpoint") or raw.get("model_name") or path.parent.name
+    else:
+        name = raw.get("model_name")
+        if not name:
+            name = path.name[: -len(PUBLISHED_SUFFIX)] if path.name.endswith(PUBLISHED_SUFFIX) else path.parent.name
+    meta: dict = {k: None for k in META_KEYS}
+    if source == "published":
+        fam, role = PUBLISHED_FOLDER_FAMILY.get(path.parent.name.lower(), (path.parent.name.lower(), None))
+        meta["family"], meta["role"] = fam, role
+    for src in (raw.get("meta") or {}, (meta_lookup or {}).get(name) or {}):
+        for k, v in src.items():
+            if v is not None:
+                meta[k] = v
+    return {"name": str(name), "source": source, "path": path, "raw": raw, "meta": meta}
+
+
+def is_main(record: Mapping) -> bool:
+    """Counted in the headline claims: ``main_analysis`` when known, else not an intermediate checkpoint."""
+    m = record.get("meta") or {}
+    if m.get("main_analysis") is not None:
+        return bool(m["main_analysis"])
+    return m.get("role") != "intermediate"
+
+
+def num_layers(raw: Mapping) -> int | None:
+    n = raw.get("num_hidden_layers")
+    if _is_number(n) and n > 0:
+        return int(n)
+    layers = [parse_component(c)[1] for c in raw.get("per_layer_stats", {})]
+    layers = [x for x in layers if x is not None]
+    return max(layers) + 1 if layers else None
+
+
+def relative_depth(layer: int | None, n_layers: int | None) -> float | None:
+    if layer is None or not n_layers:
+        return None
+    return layer / max(n_layers - 1, 1)
+
+
+# --------------------------------------------------------------------------- tables
+
+GLOBAL_COLUMNS = [
+    "name", "source", "family", "generation", "role", "params_b", "active_params_b", "main_analysis",
+    "model_type", "num_hidden_layers", "hidden_size", "global_max", "global_max_abs", "component", "kind",
+    "layer", "relative_depth", "extreme", "recorded_global_max", "recorded_location", "path",
+]
+
+
+def global_row(record: Mapping) -> dict:
+    raw, meta = record["raw"], record["meta"]
+    value, comp, ext = recompute_global_max(raw["per_layer_stats"])
+    kind, layer = parse_component(comp)
+    n = num_layers(raw)
+    return {
+        "name": record["name"], "source": record["source"],
+        "family": meta.get("family"), "generation": None if meta.get("generation") is None else str(meta.get("generation")),
+        "role": meta.get("role"), "params_b": meta.get("params_b"), "active_params_b": meta.get("active_params_b"),
+        "main_analysis": is_main(record), "model_type": raw.get("model_type"),
+        "num_hidden_layers": n, "hidden_size": raw.get("hidden_size"),
+        "global_max": value, "global_max_abs": abs(value), "component": comp, "kind": kind, "layer": layer,
+        "relative_depth": relative_depth(layer, n), "extreme": ext,
+        "recorded_global_max": raw.get("global_max_activation"), "recorded_location": raw.get("global_max_location"),
+        "path": str(record["path"]),
+    }
+
+
+def global_table(records: Iterable[Mapping]) -> pd.DataFrame:
+    """One row per record: where and how large its global maximum is (recomputed from per_layer_stats)."""
+    df = pd.DataFrame([global_row(r) for r in records], columns=GLOBAL_COLUMNS)
+    df["layer"] = df["layer"].astype("Int64")
+    for c in ("params_b", "active_params_b", "global_max", "global_max_abs", "relative_depth"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    return df
+
+
+LAYER_COLUMNS = ["name", "source", "family", "component", "kind", "layer", "relative_depth", "stat", "value"]
+
+
+def layer_table(records: Iterable[Mapping]) -> pd.DataFrame:
+    """Tidy: one row per (record, component, numeric statistic)."""
+    rows = []
+    for r in records:
+        raw = r["raw"]
+        n = num_layers(raw)
+        fam = r["meta"].get("family")
+        for comp, st in raw["per_layer_stats"].items():
+            kind, layer = parse_component(comp)
+            rd = relative_depth(layer, n)
+            for stat, v in (st or {}).items():
+                if _is_number(v):
+                    rows.append((r["name"], r["source"], fam, comp, kind, layer, rd, stat, float(v)))
+    df = pd.DataFrame(rows, columns=LAYER_COLUMNS)
+    df["layer"] = df["layer"].astype("Int64")
+    df["relative_depth"] = df["relative_depth"].astype(float)
+    df["value"] = df["value"].astype(float)
+    return df
