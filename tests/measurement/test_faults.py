@@ -93,29 +93,46 @@ def test_oom_at_batch_size_one_says_how_much_was_needed(setup, tmp_path, monkeyp
     assert not (tmp_path / "x" / "activation_stats.json").exists()
 
 
-def test_interrupted_run_resumes_to_identical_results(setup, tmp_path, monkeypatch):
-    ref = _run(setup, tmp_path / "ref", batch_size=2)
-    out = tmp_path / "resumed"
+def kill_during_batch(setup, out, monkeypatch, n: int) -> None:
+    """Run with a saved state every batch and kill the job in its ``n``-th forward (as a scheduler would)."""
     real_forward = Measurement.forward
     calls = {"n": 0}
 
     def dying_forward(self, batch):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == n:
             raise KeyboardInterrupt("killed")
         return real_forward(self, batch)
 
     monkeypatch.setattr(Measurement, "forward", dying_forward)
     with pytest.raises(KeyboardInterrupt):
         _run(setup, out, batch_size=2, checkpoint_every=1)
-    assert (out / "partial_state.pt").exists() and not (out / "activation_stats.json").exists()
+    assert (out / "partial_state.pt").exists()
     monkeypatch.setattr(Measurement, "forward", real_forward)
+
+
+def test_interrupted_run_resumes_to_identical_results(setup, tmp_path, monkeypatch):
+    ref = _run(setup, tmp_path / "ref", batch_size=2)
+    out = tmp_path / "resumed"
+    kill_during_batch(setup, out, monkeypatch, 4)
+    assert not (out / "activation_stats.json").exists()
     got = _run(setup, out, batch_size=2, checkpoint_every=1)
     assert got["provenance"]["resumed_from_batch"] == 3
     assert _stable(got) == _stable(ref)
     assert not (out / "partial_state.pt").exists()
     pd.testing.assert_frame_equal(pd.read_parquet(out / "per_sample_extremes.parquet"),
                                   pd.read_parquet(tmp_path / "ref" / "per_sample_extremes.parquet"))
+
+
+@pytest.mark.parametrize("changed", [{"full_stats": "all"}, {"topk": 7}, {"dtype": "bfloat16"}])
+def test_saved_state_of_other_settings_is_not_resumed(setup, tmp_path, monkeypatch, changed):
+    """A partial state taken with settings that shape the statistics is ignored: the run starts afresh."""
+    out = tmp_path / "r"
+    kill_during_batch(setup, out, monkeypatch, 3)
+    got = _run(setup, out, batch_size=2, checkpoint_every=1, **changed)
+    assert got["provenance"]["resumed_from_batch"] == 0
+    ref = _run(setup, tmp_path / "ref", batch_size=2, **changed)
+    assert _stable(got) == _stable(ref)
 
 
 def test_two_runs_are_identical_apart_from_timestamps(setup, tmp_path):

@@ -6,7 +6,6 @@ The ``measure`` rule and ``maxact measure`` both call :func:`measure_checkpoint`
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ from maxact.io import atomic_save, write_json
 from maxact.measurement import kernels as statistics_kernels
 from maxact.measurement.batching import make_batches, run_batches
 from maxact.measurement.hooks import Measurement
+from maxact.measurement.resume import ResumeFile
 from maxact.measurement.settings import MeasureSettings, resolve_device
 from maxact.measurement.summary import assemble_result, per_sample_table
 from maxact.models.checkpoints import load_tokenizer
@@ -80,26 +80,21 @@ def measure_checkpoint(
     meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds())
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    state_path = out_dir / "partial_state.pt"
-    start = 0
-    every = int(s.checkpoint_every or 0)
-    if every and state_path.exists():
-        saved = torch.load(state_path, map_location=device, weights_only=True)
-        if saved.get("batches") == batches:
-            meas.restore(saved["state"])
-            start = int(saved["next_batch"])
-            log.info("resuming %s from batch %d of %d", prepared["name"], start, len(batches))
-
-    def save_state(bi: int) -> None:
-        if every and (bi + 1) % every == 0 and bi + 1 < len(batches):
-            state = {"batches": batches, "next_batch": bi + 1, "state": meas.state()}
-            atomic_save(state_path, lambda tmp: torch.save(state, tmp))
+    # Everything that shapes the statistics: a saved state taken with another value is not resumed.
+    identity = {"checkpoint": prepared["name"], "model_id": prepared.get("model_id"), "revision": prepared.get("revision"),
+                "source": prepared.get("source"), "random_seed": prepared.get("random_seed"), "gguf": prepared.get("gguf"),
+                "corpus_sha256": corpus_sha256 or token_meta.get("corpus_sha256"), "tokenizer_sha256": fp,
+                "dtype": dtype, "device_type": device.type, "attn_implementation": s.attn_implementation,
+                "full_stats": s.full_stats, "topk": s.topk}
+    resume = ResumeFile(out_dir, s.checkpoint_every, batches, identity)
+    start = resume.restore(meas, device)
 
     from tqdm.auto import tqdm
 
     total = sum(lengths[i] for b in batches[start:] for i in b)
     with tqdm(total=total, unit="tok", desc=prepared["name"], mininterval=5.0) as bar:
-        run = run_batches(meas, samples, batches, pad_id, progress=bar.update, start_batch=start, on_batch_done=save_state)
+        run = run_batches(meas, samples, batches, pad_id, progress=bar.update, start_batch=start,
+                          on_batch_done=lambda bi: resume.after_batch(meas, bi))
     if device.type == "cuda":
         torch.cuda.synchronize()
     host = meas.host_state()  # every statistic to the host once, for both tables
@@ -154,8 +149,7 @@ def measure_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(out_dir / "per_sample_extremes.parquet", lambda tmp: per_sample.to_parquet(tmp, index=False))
     write_json(out_dir / "activation_stats.json", result)
-    if state_path.exists():
-        os.unlink(state_path)
+    resume.remove()
     return result
 
 
