@@ -52,12 +52,12 @@ def family_workload(vocab: int, min_tokens: int, max_len: int, batch_size: int, 
 
 
 def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dict:
+    from maxact.measurement.kernels import describe as statistics_kernel
     from maxact.measurement.settings import MeasureSettings, resolve_dtype
     from maxact.models.checkpoints import prepare_checkpoint
     from maxact.models.kernels_used import kernels_used
     from maxact.models.registry import resolve_backbone
     from maxact.stages.loading import load_for_measurement
-    from maxact.stages.measure import statistics_kernel
 
     t0 = time.perf_counter()
     man = prepare_checkpoint(entry, cache)

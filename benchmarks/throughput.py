@@ -165,8 +165,8 @@ def main(argv=None):
 
     from maxact.measurement.batching import run_batches
     from maxact.measurement.hooks import Measurement
+    from maxact.measurement.kernels import describe as statistics_kernel
     from maxact.measurement.settings import full_kinds, resolve_dtype
-    from maxact.stages.measure import statistics_kernel
 
     fk = full_kinds(a.full_stats)
 

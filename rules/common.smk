@@ -6,8 +6,7 @@ from pathlib import Path
 # Let the Snakefile import the package from the checkout even before `pip install -e .`.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from maxact.stages.aggregate import PUBLISHED_INT8
-from maxact.study.resultset import discover_result_files
+from maxact.study.resultset import PUBLISHED_INT8, discover_result_files
 from maxact.config import (
     checkpoint_entry,
     checkpoint_meta,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-import yaml
+from maxact import schema as schemas
 
 
 class ConfigError(ValueError):
@@ -16,14 +15,13 @@ def _load_schema(schema_path) -> tuple[dict, object]:
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
 
-    schema_path = Path(schema_path)
-    schema = yaml.safe_load(schema_path.read_text())
+    schema_path = Path(schema_path).resolve()
 
     def retrieve(uri: str):
         p = schema_path.parent / uri.split("#")[0].replace("file://", "")
-        return Resource.from_contents(yaml.safe_load(p.read_text()), default_specification=DRAFT202012)
+        return Resource.from_contents(schemas.load(p.resolve()), default_specification=DRAFT202012)
 
-    return schema, Registry(retrieve=retrieve)
+    return schemas.load(schema_path), Registry(retrieve=retrieve)
 
 
 def _path(err) -> str:
@@ -112,12 +110,6 @@ def _check_semantics(config: dict) -> None:
         for role in ("moe", "dense"):
             if p[role] not in names and not config.get("published", {}).get("include", True):
                 raise ConfigError(f"matched_pairs names unknown checkpoint '{p[role]}' as {role}")
-
-
-def checkpoint_defaults(schema_path) -> dict:
-    schema, _ = _load_schema(schema_path)
-    props = schema["properties"]["checkpoints"]["items"]["properties"]
-    return {k: copy.deepcopy(v["default"]) for k, v in props.items() if "default" in v}
 
 
 def checkpoint_names(config: dict) -> list[str]:

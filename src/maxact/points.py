@@ -91,7 +91,7 @@ def forward_order_key(name: str) -> tuple:
     return (layer, _FORWARD_ORDER.get(kind, 8), name)
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -110,12 +110,32 @@ def global_max(per_layer_stats: Mapping[str, Mapping]) -> tuple[float, str, str]
         st = per_layer_stats[comp] or {}
         for ext in ("max", "min"):
             v = st.get(ext)
-            if not _is_number(v) or not math.isfinite(float(v)):
+            if not is_number(v) or not math.isfinite(float(v)):
                 continue
             v = float(v)
             if best is None or abs(v) > abs(best[0]):
                 best = (v, comp, ext)
     return best
+
+
+def recompute_global_max(per_layer_stats: Mapping[str, Mapping]) -> tuple[float, str, str]:
+    """:func:`global_max` of a result file's ``per_layer_stats``; ValueError when there is none."""
+    best = global_max(per_layer_stats)
+    if best is None:
+        raise ValueError("no finite max/min in any global component (embedding/hidden/attn/mlp/final_layernorm)")
+    return best
+
+
+def components_at_global_max(per_layer_stats: Mapping[str, Mapping]) -> list[str]:
+    """Every GLOBAL_KINDS component whose max or min reaches the global |max| exactly (ties), forward order."""
+    value = abs(recompute_global_max(per_layer_stats)[0])
+    out = []
+    for comp in sorted(per_layer_stats, key=forward_order_key):
+        if kind_of(comp) in GLOBAL_KINDS:
+            st = per_layer_stats[comp] or {}
+            if any(is_number(st.get(e)) and abs(float(st[e])) == value for e in ("max", "min")):
+                out.append(comp)
+    return out
 
 
 def residual_point_at(component: str | None, n_layers: int) -> str:

@@ -9,16 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from maxact.points import GLOBAL_KINDS, RESIDUAL_KINDS, parse_component, recompute_global_max
 from maxact.study.resultset import (
-    GLOBAL_KINDS,
-    RESIDUAL_KINDS,
     discover_result_files,
     global_table,
     layer_table,
     load_result,
     meta_from_config,
-    parse_component,
-    recompute_global_max,
 )
 
 REPO = Path(__file__).resolve().parents[2]

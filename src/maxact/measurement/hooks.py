@@ -23,7 +23,6 @@ from maxact.models.registry import Family, LayerPoints, family_for, layer_points
 log = logging.getLogger(__name__)
 
 
-
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 

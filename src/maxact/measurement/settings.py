@@ -38,8 +38,11 @@ class MeasureSettings:
     device_map: Any = None  # an explicit accelerate device map (library use); None: the policy below
 
     @classmethod
-    def of(cls, values: Mapping[str, Any] | None = None) -> "MeasureSettings":
-        """From a mapping (the rule's runtime + measure blocks, the CLI's options); None values keep the default."""
+    def of(cls, values: "MeasureSettings | Mapping[str, Any] | None" = None) -> "MeasureSettings":
+        """From a mapping (the rule's runtime + measure blocks, the CLI's options; None values keep the default),
+        or the settings themselves."""
+        if isinstance(values, cls):
+            return values
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

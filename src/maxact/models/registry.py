@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from maxact import points
+
 
 class UnsupportedArchitectureError(ValueError):
     pass
@@ -72,30 +74,23 @@ _NO_SDPA = ("eager", "flex_attention")
 _SANDWICH = (("attn_residual_in", "post_attention_layernorm"), ("mlp_residual_in", "post_feedforward_layernorm"))
 _QWEN_MOE = MoESpec(router="gate", moe_gate_transform="softmax")
 
+
+
+def _qwen3_5_hybrid(name: str, **kw) -> Family:
+    """Qwen3.5 (dense or MoE): the multimodal wrapper ``<name>`` loads as image-text-to-text, the text-only
+    ``<name>_text`` as a causal LM; Gated-DeltaNet (``linear_attn``) and full-attention layers alternate."""
+    return Family(name, (name, f"{name}_text"), loader="image_text_to_text", loader_by_type=((f"{name}_text", "causal_lm"),),
+                  backbone=("model.language_model", "model"), attn=("linear_attn", "self_attn"), **kw)
+
+
 FAMILIES: tuple[Family, ...] = (
     Family("llama", ("llama",), notes="SmolLM2, Llama"),
     Family("qwen2", ("qwen2",), notes="Qwen2.5 base and instruct"),
     Family("qwen2_moe", ("qwen2_moe",), moe=_QWEN_MOE),
     Family("qwen3", ("qwen3",)),
     Family("qwen3_moe", ("qwen3_moe",), moe=_QWEN_MOE),
-    Family(
-        "qwen3_5",
-        ("qwen3_5", "qwen3_5_text"),
-        loader="image_text_to_text",
-        loader_by_type=(("qwen3_5_text", "causal_lm"),),
-        backbone=("model.language_model", "model"),
-        attn=("linear_attn", "self_attn"),
-        notes="hybrid Gated-DeltaNet linear attention + full attention",
-    ),
-    Family(
-        "qwen3_5_moe",
-        ("qwen3_5_moe", "qwen3_5_moe_text"),
-        loader="image_text_to_text",
-        loader_by_type=(("qwen3_5_moe_text", "causal_lm"),),
-        backbone=("model.language_model", "model"),
-        attn=("linear_attn", "self_attn"),
-        moe=_QWEN_MOE,
-    ),
+    _qwen3_5_hybrid("qwen3_5", notes="hybrid Gated-DeltaNet linear attention + full attention"),
+    _qwen3_5_hybrid("qwen3_5_moe", moe=_QWEN_MOE),
     Family("qwen2_5_vl", ("qwen2_5_vl",), loader="image_text_to_text", backbone=("model.language_model",)),
     Family("gemma", ("gemma",), fp16_unsafe=True, notes="Gemma 1"),
     Family("gemma2", ("gemma2",), residual_in=_SANDWICH, fp16_unsafe=True, attention=_NO_SDPA,
@@ -235,8 +230,6 @@ def layer_points(backbone: torch.nn.Module, family: Family) -> list[LayerPoints]
 
 def points_module(backbone, family: Family, layers: list[LayerPoints], point: str):
     """The module whose output is the residual-stream point ``point`` (``layer_{i}_hidden`` or the final norm)."""
-    from maxact import points
-
     kind, layer = points.parse_component(point)
     if kind == "final_norm":
         return getattr(backbone, family.final_norm)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from maxact.io import atomic_write_text, read_json, write_json
-from maxact.study.resultset import parse_component
+from maxact.points import parse_component
 
 # SQNR verdicts for INT-8 of the peak-layer hidden state (dB).
 VERDICTS = ((20.0, "fine"), (10.0, "degraded"), (float("-inf"), "unusable"))
-# Card wording for the component kinds of maxact.study.resultset.parse_component.
+# Card wording for the component kinds of maxact.points.parse_component.
 CARD_NAMES = {"attn": "attention", "hidden": "residual"}
 
 

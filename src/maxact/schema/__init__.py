@@ -16,13 +16,14 @@ CORPUS = DIR / "corpus.schema.yaml"
 
 
 @functools.cache
-def _load(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
+def load(path: Path) -> dict:
+    """A schema file, parsed once per process (treat it as read-only)."""
+    return yaml.safe_load(Path(path).read_text())
 
 
 def defaults(section: str | None = None, schema: Path = CONFIG) -> dict:
     """Key -> default of the schema's properties (of its top-level ``section`` when given), as fresh copies."""
-    props = _load(schema)["properties"]
+    props = load(schema)["properties"]
     if section is not None:
         props = props[section]["properties"]
     return {k: copy.deepcopy(v.get("default")) for k, v in props.items()}

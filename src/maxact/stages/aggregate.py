@@ -28,12 +28,10 @@ import yaml
 from maxact.io import atomic_save, read_json, write_json
 from maxact.report.claims_markdown import claims_markdown
 from maxact.study.claims import compare_measured_published, compute_claims, pairs_from_config, spearman
-from maxact.study.resultset import discover_result_files, global_table, layer_table, load_result, meta_from_config
+from maxact.study.resultset import PUBLISHED_INT8, discover_result_files, global_table, layer_table, load_result, meta_from_config
 
 INT8_COLUMNS = ["name", "source", "family", "policy", "reference_global_max_abs", "mean_sqnr_db", "mean_rel_rmse",
                 "mean_rel_mae", "mean_clip_rate", "threshold", "point"]
-#: Where the paper's INT-8 summary sits inside the published results folder.
-PUBLISHED_INT8 = Path("quant") / "quant_sanity_summary.json"
 
 
 @dataclass(frozen=True)
@@ -133,9 +131,13 @@ def aggregate(result_paths: Sequence[str | Path], outputs: AggregateOutputs, met
     return claims
 
 
+def _as_dirs(result_dirs: Iterable[str | Path] | str | Path) -> list[Path]:
+    return [Path(d) for d in ([result_dirs] if isinstance(result_dirs, (str, Path)) else result_dirs)]
+
+
 def discover(result_dirs: Iterable[str | Path]) -> list[Path]:
     """Every result file below each folder; ValueError naming a folder that is missing or holds none."""
-    dirs = [Path(d) for d in ([result_dirs] if isinstance(result_dirs, (str, Path)) else result_dirs)]
+    dirs = _as_dirs(result_dirs)
     if not dirs:
         raise ValueError("no results directory given")
     paths = []
@@ -154,10 +156,9 @@ def run_aggregate(result_dirs: Iterable[str | Path], out_dir: str | Path, config
     """``maxact aggregate``: the result files found below ``result_dirs``; meta and matched pairs from the
     ``config_paths`` (e.g. ``config/paper.yaml`` for the published checkpoints; none: no pairs, meta from
     the files alone); a published INT-8 summary found in a results folder is included."""
-    paths = discover(result_dirs)
-    configs = [read_study_config(p) for p in config_paths]
-    meta, pairs = meta_and_pairs(configs)
-    dirs = [Path(d) for d in ([result_dirs] if isinstance(result_dirs, (str, Path)) else result_dirs)]
+    dirs = _as_dirs(result_dirs)  # once: an iterator given here is read a single time
+    paths = discover(dirs)
+    meta, pairs = meta_and_pairs([read_study_config(p) for p in config_paths])
     published_int8 = next((d / PUBLISHED_INT8 for d in dirs if (d / PUBLISHED_INT8).exists()), None)
     note = {"result_dirs": [str(d) for d in dirs], "n_files": len(paths), "configs": [str(p) for p in config_paths]}
     return aggregate(paths, AggregateOutputs.in_dir(out_dir), meta, pairs, int8_paths, published_int8, inputs_note=note)

@@ -16,7 +16,7 @@ from maxact.stages.loading import load
 def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings: MeasureSettings | dict | None = None,
                     n_calib: int = 128, n_eval: int = 256, max_tokens: int = 4096, seed: int = 0) -> dict:
     """The paper's INT-8 check on the hidden state at the checkpoint's peak layer (see maxact.measurement.quant)."""
-    s = settings if isinstance(settings, MeasureSettings) else MeasureSettings.of(settings)
+    s = MeasureSettings.of(settings)
     loaded = load(prepared, s, check=False)
     model, fam, device, dtype = loaded.model, loaded.family, loaded.device, loaded.dtype
     backbone = resolve_backbone(model, fam)

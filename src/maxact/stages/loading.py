@@ -38,9 +38,10 @@ def load_for_measurement(prepared: dict, dtype, s: MeasureSettings, device: torc
     return model, fam
 
 
-def load(prepared: dict, s: MeasureSettings, check: bool = True) -> Loaded:
-    """Device and dtype from the settings, the model loaded for them; ``check``: refuse an unsafe float16."""
-    device = resolve_device(s.device)
+def load(prepared: dict, s: MeasureSettings, check: bool = True, device: torch.device | None = None) -> Loaded:
+    """Device (unless given, already resolved from these settings) and dtype from the settings, the model loaded
+    for them; ``check``: refuse an unsafe float16."""
+    device = device if device is not None else resolve_device(s.device)
     dtype = resolve_dtype(s.dtype, device)
     model, fam = load_for_measurement(prepared, dtype, s, device)
     if check:

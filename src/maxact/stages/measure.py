@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)
 
 
-def statistics_kernel(device: torch.device, dtype: torch.dtype) -> str:
-    """Which implementation computed the statistics (cuda / triton / torch), with any fallback reason."""
-    return statistics_kernels.describe(device, dtype)
-
-
 def measure_checkpoint(
     prepared: dict,
     tokens: pd.DataFrame,
@@ -44,8 +39,9 @@ def measure_checkpoint(
     meta: dict | None = None,
     corpus_sha256: str | None = None,
 ) -> dict:
-    s = settings if isinstance(settings, MeasureSettings) else MeasureSettings.of(settings)
+    s = MeasureSettings.of(settings)
     out_dir = Path(out_dir)
+    corpus_sha256 = corpus_sha256 or token_meta.get("corpus_sha256")
     device = resolve_device(s.device)
     if s.max_samples:
         tokens = tokens.iloc[: int(s.max_samples)]
@@ -62,7 +58,7 @@ def measure_checkpoint(
     t_load = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    loaded = load(prepared, s)
+    loaded = load(prepared, s, device=device)
     model, fam, dtype = loaded.model, loaded.family, loaded.dtype
     tok = load_tokenizer(prepared)
     fp = tokenizer_fingerprint(tok)
@@ -83,7 +79,7 @@ def measure_checkpoint(
     # Everything that shapes the statistics: a saved state taken with another value is not resumed.
     identity = {"checkpoint": prepared["name"], "model_id": prepared.get("model_id"), "revision": prepared.get("revision"),
                 "source": prepared.get("source"), "random_seed": prepared.get("random_seed"), "gguf": prepared.get("gguf"),
-                "corpus_sha256": corpus_sha256 or token_meta.get("corpus_sha256"), "tokenizer_sha256": fp,
+                "corpus_sha256": corpus_sha256, "tokenizer_sha256": fp,
                 "dtype": dtype, "device_type": device.type, "attn_implementation": s.attn_implementation,
                 "full_stats": s.full_stats, "topk": s.topk}
     resume = ResumeFile(out_dir, s.checkpoint_every, batches, identity)
@@ -124,7 +120,7 @@ def measure_checkpoint(
             "gguf": prepared.get("gguf"),
             "weights_note": prepared.get("weights_note"),
             "trust_remote_code": prepared.get("trust_remote_code", False),
-            "corpus_sha256": corpus_sha256 or token_meta.get("corpus_sha256"),
+            "corpus_sha256": corpus_sha256,
             "tokenizer_sha256": fp,
             "tokenization": {
                 "add_special_tokens": token_meta.get("add_special_tokens"),
@@ -135,7 +131,7 @@ def measure_checkpoint(
             "settings": {**{k: (str(v) if k == "device_map" else v) for k, v in s.as_dict().items()}, "device": str(device),
                          "dtype": str(dtype).replace("torch.", "")},
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "statistics_kernel": statistics_kernel(device, dtype),
+            "statistics_kernel": statistics_kernels.describe(device, dtype),
             "attn_implementation": kernels["attention"],
             "kernels": kernels,
             "environment": provenance.environment(),

@@ -16,7 +16,7 @@ from maxact.stages.loading import load
 def probe_checkpoint(prepared: dict, corpus_result: dict, settings: MeasureSettings | dict | None = None, max_len: int = 512,
                      longest_len: int | None = None, seed: int = 0) -> dict:
     """Measure the targeted probe sets (maxact.measurement.probes) with the same hooks, each set apart."""
-    s = settings if isinstance(settings, MeasureSettings) else MeasureSettings.of(settings)
+    s = MeasureSettings.of(settings)
     ctx = prepared.get("max_position_embeddings") or max_len
     longest = min(int(longest_len or ctx), int(ctx))
     loaded = load(prepared, s)

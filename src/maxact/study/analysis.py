@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from maxact.corpus.records import largest_remainder
-from maxact.study.resultset import GLOBAL_KINDS, parse_component
+from maxact.points import GLOBAL_KINDS, parse_component
 
 
 def is_global_point(name: str) -> bool:

@@ -15,13 +15,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from maxact.study.resultset import (
-    RESIDUAL_KINDS,
-    components_at_global_max,
-    forward_order_key,
-    global_row,
-    parse_component,
-)
+from maxact.points import RESIDUAL_KINDS, components_at_global_max, forward_order_key, parse_component
+from maxact.study.resultset import global_row
 
 #: Roles left out of a generation/size trend when the same generation has a base/dense/MoE checkpoint.
 _VARIANT_ROLES = ("instruct", "vlm", "intermediate")

@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Mapping
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from maxact.config import META_KEYS  # one definition, shared with the config helpers
-from maxact.points import (  # noqa: F401  (re-exported: the study's readers take them from here)
-    GLOBAL_KINDS,
-    RESIDUAL_KINDS,
-    forward_order_key,
-    global_max,
-    parse_component,
-    parse_location,
-)
+from maxact.points import is_number, parse_component, recompute_global_max
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Folder names the paper's authors used -> family slug (role hints where the folder implies one).
 PUBLISHED_FOLDER_FAMILY = {
@@ -43,32 +37,8 @@ PUBLISHED_FOLDER_FAMILY = {
 
 RESULT_FILE = "activation_stats.json"
 PUBLISHED_SUFFIX = "_activation_stats.json"
-
-
-# --------------------------------------------------------------------------- components
-
-def recompute_global_max(per_layer_stats: Mapping[str, Mapping]) -> tuple[float, str, str]:
-    """:func:`maxact.points.global_max` of a result file's ``per_layer_stats``; ValueError when there is none."""
-    best = global_max(per_layer_stats)
-    if best is None:
-        raise ValueError("no finite max/min in any global component (embedding/hidden/attn/mlp/final_layernorm)")
-    return best
-
-
-def components_at_global_max(per_layer_stats: Mapping[str, Mapping]) -> list[str]:
-    """Every GLOBAL_KINDS component whose max or min reaches the global |max| exactly (ties), forward order."""
-    value = abs(recompute_global_max(per_layer_stats)[0])
-    out = []
-    for comp in sorted(per_layer_stats, key=forward_order_key):
-        if parse_component(comp)[0] in GLOBAL_KINDS:
-            st = per_layer_stats[comp] or {}
-            if any(_is_number(st.get(e)) and abs(float(st[e])) == value for e in ("max", "min")):
-                out.append(comp)
-    return out
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+#: Where the paper's INT-8 summary sits inside the published results folder.
+PUBLISHED_INT8 = Path("quant") / "quant_sanity_summary.json"
 
 
 # --------------------------------------------------------------------------- discovery / loading
@@ -113,12 +83,6 @@ def meta_from_config(cfg: Mapping) -> dict[str, dict]:
     return out
 
 
-def load_config_meta(config_path: str | Path) -> dict[str, dict]:
-    import yaml
-
-    return meta_from_config(yaml.safe_load(Path(config_path).read_text()) or {})
-
-
 def load_result(path: str | Path, meta_lookup: Mapping[str, Mapping] | None = None) -> dict:
     """One result file -> normalised record (see module docstring).
 
@@ -158,7 +122,7 @@ def is_main(record: Mapping) -> bool:
 
 def num_layers(raw: Mapping) -> int | None:
     n = raw.get("num_hidden_layers")
-    if _is_number(n) and n > 0:
+    if is_number(n) and n > 0:
         return int(n)
     layers = [parse_component(c)[1] for c in raw.get("per_layer_stats", {})]
     layers = [x for x in layers if x is not None]
@@ -198,8 +162,10 @@ def global_row(record: Mapping) -> dict:
     }
 
 
-def global_table(records: Iterable[Mapping]) -> pd.DataFrame:
+def global_table(records: Iterable[Mapping]) -> "pd.DataFrame":
     """One row per record: where and how large its global maximum is (recomputed from per_layer_stats)."""
+    import pandas as pd  # here, not at import: the Snakefile imports this module to list the published files
+
     df = pd.DataFrame([global_row(r) for r in records], columns=GLOBAL_COLUMNS)
     df["layer"] = df["layer"].astype("Int64")
     for c in ("params_b", "active_params_b", "global_max", "global_max_abs", "relative_depth"):
@@ -210,8 +176,10 @@ def global_table(records: Iterable[Mapping]) -> pd.DataFrame:
 LAYER_COLUMNS = ["name", "source", "family", "component", "kind", "layer", "relative_depth", "stat", "value"]
 
 
-def layer_table(records: Iterable[Mapping]) -> pd.DataFrame:
+def layer_table(records: Iterable[Mapping]) -> "pd.DataFrame":
     """Tidy: one row per (record, component, numeric statistic)."""
+    import pandas as pd
+
     rows = []
     for r in records:
         raw = r["raw"]
@@ -221,7 +189,7 @@ def layer_table(records: Iterable[Mapping]) -> pd.DataFrame:
             kind, layer = parse_component(comp)
             rd = relative_depth(layer, n)
             for stat, v in (st or {}).items():
-                if _is_number(v):
+                if is_number(v):
                     rows.append((r["name"], r["source"], fam, comp, kind, layer, rd, stat, float(v)))
     df = pd.DataFrame(rows, columns=LAYER_COLUMNS)
     df["layer"] = df["layer"].astype("Int64")
