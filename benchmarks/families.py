@@ -1,11 +1,13 @@
-"""Bare backbone forward against the full measurement, per paper family at full shape, in one process.
+"""Bare backbone forwards against the measurement, per paper family at full shape, in one process.
 
 Each family's representative checkpoint is read from ``config/rehearsal.yaml`` (its public shape,
 random init) and loaded the way the ``measure`` rule loads it (``prepare_checkpoint`` +
 ``load_model``: the family's own attention implementation, the model built and seeded on the GPU).
 Corpus-like lengths (as ``throughput.py``), at least ``--min-tokens`` tokens a pass, then interleaved
-(bare, measured) pairs with every hook point and statistic on. Prints tokens/s of each, their ratio
-and the memory ratio per family, and a table at the end.
+rounds of the three paths of ``throughput.py`` (padded bare forward, packed bare forward, packed
+measurement with every hook point and statistic on), each family packed the way ``packing: auto``
+packs it (families the registry keeps padded run padded in the packed slots). Prints tokens/s of each,
+the ratios and the memory ratio per family, and a table at the end.
 
     python benchmarks/families.py                      # every family (about 10 minutes on one H200)
     python benchmarks/families.py --checkpoints Qwen3-8B gemma-2-9b --repeats 3
@@ -27,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import corpus_like_lengths, interleaved_pairs, warm_up  # noqa: E402
+from throughput import corpus_like_lengths, interleaved_paths, packed_batches, warm_up, warm_up_packed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # One full-shape checkpoint per paper family (the smallest that represents it at a realistic size).
@@ -53,6 +55,7 @@ def family_workload(vocab: int, min_tokens: int, max_len: int, batch_size: int, 
 
 def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dict:
     from maxact.measurement.kernels import describe as statistics_kernel
+    from maxact.measurement.packing import resolve_packing
     from maxact.measurement.settings import MeasureSettings, resolve_dtype
     from maxact.models.checkpoints import prepare_checkpoint
     from maxact.models.kernels_used import kernels_used
@@ -68,17 +71,16 @@ def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dic
     text = getattr(model.config, "text_config", None) or model.config
     lengths, samples, batches, collated = family_workload(text.vocab_size, a.min_tokens, a.max_len, a.batch_size,
                                                           a.max_batch_tokens)
+    method, why = resolve_packing(fam, a.packing, dev.type, dtype, model)
+    packed, rows = packed_batches(samples, lengths, a.batch_size, a.max_batch_tokens)
     warmup_s = warm_up(model, bb, samples, batches, collated, dev, full_kinds)
+    warmup_s += warm_up_packed(model, bb, fam, method, samples, packed, rows, dev, full_kinds)
     res = {"checkpoint": entry["name"], "model_type": entry["model_type"], "family": fam.name,
            "params_b": sum(p.numel() for p in model.parameters()) / 1e9, "kernels": kernels_used(model),
-           "statistics_kernel": statistics_kernel(dev, dtype), "tokens": sum(lengths), "samples": len(samples),
-           "batches": len(batches), "mean_len": float(np.mean(lengths)), "build_s": build_s, "warmup_s": warmup_s}
-    res.update(interleaved_pairs(model, bb, samples, batches, collated, dev, full_kinds, a.repeats, label=f"{entry['name']} "))
-    res["bare_tok_s"] = float(np.median([r["bare_tok_s"] for r in res["runs"]]))
-    res["measured_tok_s"] = float(np.median([r["measured_tok_s"] for r in res["runs"]]))
-    res["memory_ratio"] = float(np.median([r["memory_ratio"] or 0 for r in res["runs"]]))
-    res["bare_peak_gib"] = max(r["bare_peak_gib"] for r in res["runs"])
-    res["measured_peak_gib"] = max(r["measured_peak_gib"] for r in res["runs"])
+           "packing": {"method": method, "why_padded": why or None}, "statistics_kernel": statistics_kernel(dev, dtype),
+           "samples": len(samples), "mean_len": float(np.mean(lengths)), "build_s": build_s, "warmup_s": warmup_s}
+    res.update(interleaved_paths(model, bb, fam, method, samples, batches, collated, packed, rows, dev, full_kinds,
+                                 a.repeats, label=f"{entry['name']} "))
     del model, bb
     _free()
     return res
@@ -100,6 +102,7 @@ def main(argv=None):
     ap.add_argument("--max-batch-tokens", type=int, default=65536)
     ap.add_argument("--max-len", type=int, default=5422)
     ap.add_argument("--attn-implementation", default="auto")
+    ap.add_argument("--packing", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--full-stats", default="all", choices=["paper", "all"])
     ap.add_argument("--out", help="write every figure as JSON here (rewritten after each family)")
     ap.add_argument("--device", default="cuda:0", help="cuda:N (cpu only for a smoke run on a tiny config)")
@@ -124,14 +127,18 @@ def main(argv=None):
             print(json.dumps(results[-1], default=str), flush=True)
             if a.out:
                 Path(a.out).write_text(json.dumps(results, indent=1, default=str))
-    print("\n| checkpoint | family | attention | bare tok/s | measured tok/s | ratio (median; min-max) | memory ratio | tokens/pass |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| checkpoint | family | forward | padded bare tok/s | packed bare tok/s | packed measured tok/s | "
+          "measured / padded bare | measured / packed bare | memory measured / packed bare |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         if "error" in r:
-            print(f"| {r['checkpoint']} | | | | | failed: {r['error']} | | |")
+            print(f"| {r['checkpoint']} | | | | | | failed: {r['error']} | | |")
             continue
-        print(f"| {r['checkpoint']} | {r['family']} | {r['kernels']['attention']} | {r['bare_tok_s']:,.0f} | {r['measured_tok_s']:,.0f} | "
-              f"{r['median_ratio']:.3f} ({r['min_ratio']:.3f}-{r['max_ratio']:.3f}) | {r['memory_ratio']:.3f} | {r['tokens']:,} |")
+        p, q = r["paths"], r["ratios"]
+        fwd = "packed, varlen_attn" if r["method"] == "varlen" else f"padded, {r['kernels']['attention']}"
+        print(f"| {r['checkpoint']} | {r['family']} | {fwd} | {p['padded_bare']['tok_s']:,.0f} | {p['packed_bare']['tok_s']:,.0f} | "
+              f"{p['packed_measured']['tok_s']:,.0f} | {q['packed_measured_vs_padded_bare']:.3f} | "
+              f"{q['packed_measured_vs_packed_bare']:.3f} | {q['memory_packed_measured_vs_packed_bare']:.3f} |")
 
 
 if __name__ == "__main__":

