@@ -71,7 +71,7 @@ def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dic
     text = getattr(model.config, "text_config", None) or model.config
     lengths, samples, batches, collated = family_workload(text.vocab_size, a.min_tokens, a.max_len, a.batch_size,
                                                           a.max_batch_tokens)
-    method, why = resolve_packing(fam, a.packing, dev.type, dtype, model)
+    method, why = resolve_packing(fam, a.packing, dev.type, dtype, model, a.attn_implementation)
     packed, rows = packed_batches(samples, lengths, a.batch_size, a.max_batch_tokens)
     warmup_s = warm_up(model, bb, samples, batches, collated, dev, full_kinds)
     warmup_s += warm_up_packed(model, bb, fam, method, samples, packed, rows, dev, full_kinds)

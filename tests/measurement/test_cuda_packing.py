@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_packing import WINDOWED, _texts, real_packed_vs_padded
+from test_packing import _texts, real_packed_vs_padded, window_overrides
 
 from maxact.cli import main
 from maxact.models.registry import FAMILIES, family_for, supported_model_types
@@ -73,7 +73,7 @@ def test_varlen_packed_matches_padded_in_bf16(tmp_path, model_type):
     fam = family_for(type("C", (), {"model_type": model_type}))
     if fam.packing.recurrent and importlib.util.find_spec("fla") is None:
         pytest.skip("Gated DeltaNet packs only with flash-linear-attention (pip install .[gpu])")
-    overrides = {"sliding_window": 5} if model_type in WINDOWED else GDN_HEADS if fam.packing.recurrent else {}
+    overrides = GDN_HEADS if fam.packing.recurrent else window_overrides(model_type)
     folder = save_tiny_checkpoint(model_type, tmp_path / "model", seed=5, **overrides)
     texts = _texts(tmp_path)
     assert _run(folder, texts, tmp_path / "padded", "off") == 0
@@ -101,7 +101,7 @@ def test_varlen_packed_matches_padded_in_bf16(tmp_path, model_type):
 
 
 def test_gemma2_stays_padded_on_cuda_and_refuses_on(tmp_path, capsys):
-    folder = save_tiny_checkpoint("gemma2", tmp_path / "model", seed=5, sliding_window=5)
+    folder = save_tiny_checkpoint("gemma2", tmp_path / "model", seed=5, **window_overrides("gemma2"))
     texts = _texts(tmp_path)
     assert _run(folder, texts, tmp_path / "auto", "auto") == 0
     prov = _load(tmp_path / "auto")["provenance"]["packing"]
@@ -112,8 +112,7 @@ def test_gemma2_stays_padded_on_cuda_and_refuses_on(tmp_path, capsys):
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3_moe", "gpt_oss", "gemma3_text"])
 def test_block_mask_packed_matches_padded_in_float32_on_cuda(tmp_path, model_type):
-    folder = save_tiny_checkpoint(model_type, tmp_path / "model", seed=5,
-                                  **({"sliding_window": 5} if model_type in WINDOWED else {}))
+    folder = save_tiny_checkpoint(model_type, tmp_path / "model", seed=5, **window_overrides(model_type))
     texts = _texts(tmp_path)
     assert _run(folder, texts, tmp_path / "padded", "off", "float32") == 0
     assert _run(folder, texts, tmp_path / "packed", "on", "float32") == 0

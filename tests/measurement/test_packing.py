@@ -27,6 +27,18 @@ TYPES = [t for t in supported_model_types() if t not in REMOTE]
 PACKABLE = [t for t in TYPES if family_for(type("C", (), {"model_type": t})).packing.block_mask]
 UNPACKABLE = [t for t in TYPES if t not in PACKABLE]
 WINDOWED = {"gemma2", "gemma3_text", "gemma3", "gpt_oss"}
+# Qwen's optional sliding windows, on the second layer (max_window_layers=1): Qwen2-MoE keeps its window on the
+# attention module without passing it to the attention function.
+QWEN_WINDOWED = {"qwen2", "qwen2_moe", "qwen3", "qwen3_moe"}
+
+
+def window_overrides(model_type: str) -> dict:
+    """Config values giving ``model_type`` 5-token sliding windows where the family has them."""
+    if model_type in WINDOWED:
+        return {"sliding_window": 5}
+    if model_type in QWEN_WINDOWED:
+        return {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1}
+    return {}
 # Byte-level tokens, 4..90 per sample: several packed rows of up to 3 samples / 120 tokens.
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 2, "x = [1, 2, 3]", "Grüße aus Köln!", "Ok.",
          "def f(a, b):\n    return a ** b  # power", "Lorem ipsum dolor sit amet, consectetur", "aaaa bbbb cccc dddd eeee"]
@@ -65,14 +77,21 @@ def test_packed_batches_cap_real_tokens_and_restart_positions():
     assert pb.max_length == 7 and pb.sample_index.tolist() == [4, 0, 2]
 
 
-def test_method_per_family_device_and_dtype():
+def test_method_per_family_device_and_dtype(monkeypatch):
+    from maxact.models import packed_attention
+
     llama, gemma2, qwen35 = (next(f for f in FAMILIES if f.name == n) for n in ("llama", "gemma2", "qwen3_5"))
     bf16, f32 = torch.bfloat16, torch.float32
-    assert resolve_packing(llama, "auto", "cuda", bf16)[0] in ("varlen", "padded")  # varlen where torch has it
-    assert resolve_packing(llama, "auto", "cpu", f32) == ("padded", resolve_packing(llama, "auto", "cpu", f32)[1])
-    assert "quadratic" in resolve_packing(llama, "auto", "cpu", f32)[1]
-    assert resolve_packing(llama, "on", "cpu", f32)[0] == "block_mask"
-    assert resolve_packing(llama, "on", "cuda", f32)[0] == "block_mask"  # flash kernels need bf16/fp16
+    monkeypatch.setattr(packed_attention, "available", lambda: True)
+    assert resolve_packing(llama, "auto", "cuda", bf16) == ("varlen", "")
+    method, why = resolve_packing(llama, "auto", "cuda", bf16, attn_implementation="eager")  # a named one is kept
+    assert method == "padded" and "attn_implementation" in why and "'eager'" in why
+    with pytest.raises(PackingError, match="attn_implementation"):
+        resolve_packing(llama, "on", "cuda", bf16, attn_implementation="sdpa")
+    method, why = resolve_packing(llama, "auto", "cpu", f32)
+    assert method == "padded" and "quadratic" in why
+    assert resolve_packing(llama, "on", "cpu", f32) == ("block_mask", "")
+    assert resolve_packing(llama, "on", "cuda", f32) == ("block_mask", "")  # flash kernels need bf16/fp16
     assert resolve_packing(llama, "off", "cuda", bf16)[0] == "padded"
     method, why = resolve_packing(gemma2, "auto", "cuda", bf16)
     assert method == "padded" and "soft-capping" in why
@@ -83,6 +102,9 @@ def test_method_per_family_device_and_dtype():
         resolve_packing(qwen35, "on", "cpu", f32)
     method, why = resolve_packing(qwen35, "auto", "cuda", bf16)  # no model whose kernels are fla's: padded
     assert method == "padded" and "flash-linear-attention" in why
+    monkeypatch.setattr(packed_attention, "available", lambda: False)
+    method, why = resolve_packing(llama, "auto", "cuda", bf16)
+    assert method == "padded" and "varlen_attn" in why
     with pytest.raises(PackingError, match="auto, on, off"):
         resolve_packing(llama, "yes", "cpu", f32)
 
@@ -95,8 +117,7 @@ def test_yaml_on_off_booleans_are_read_as_modes():
 
 @pytest.mark.parametrize("model_type", PACKABLE)
 def test_packed_equals_padded_on_every_statistic(tmp_path, model_type):
-    folder = save_tiny_checkpoint(model_type, tmp_path / "model", seed=5,
-                                  **({"sliding_window": 5} if model_type in WINDOWED else {}))
+    folder = save_tiny_checkpoint(model_type, tmp_path / "model", seed=5, **window_overrides(model_type))
     texts = _texts(tmp_path)
     assert _measure(folder, texts, tmp_path / "padded", "off") == 0
     assert _measure(folder, texts, tmp_path / "packed", "on") == 0

@@ -12,7 +12,8 @@ from maxact.models import packed_attention as PA
 
 
 def flash_reference(q, k, v, cu, max_len, scale, window, want_lse, gqa=False):
-    """What flash varlen computes, in float64: [N, H, D] in, (out, lse [N, H])."""
+    """What flash varlen computes, in float64: [N, H, D] in, (out, lse) with the LSE laid out as the kernel
+    lays it out, [H, N] (read back by the wrapper's _lse_rows)."""
     h = q.shape[1]
     if k.shape[1] != h:
         k = k.repeat_interleave(h // k.shape[1], 1)
@@ -28,7 +29,7 @@ def flash_reference(q, k, v, cu, max_len, scale, window, want_lse, gqa=False):
         s = s.masked_fill(~keep, -math.inf)
         lse[a:b] = torch.logsumexp(s, -1).transpose(0, 1)
         out[a:b] = torch.einsum("hij,jhd->ihd", torch.softmax(s, -1), v[a:b].double())
-    return out, (lse.float() if want_lse else None)
+    return out, (PA._lse_rows(lse.transpose(0, 1).contiguous(), q) if want_lse else None)
 
 
 class _Module(torch.nn.Module):  # what gpt-oss's eager attention reads off its module
@@ -37,24 +38,27 @@ class _Module(torch.nn.Module):  # what gpt-oss's eager attention reads off its 
         self.sinks, self.num_key_value_groups, self.training = sinks, groups, False
 
 
+@pytest.mark.parametrize("lengths", [[5, 1, 7], [3, 1]], ids=["13-tokens", "as-many-tokens-as-heads"])
+@pytest.mark.parametrize("gqa", [False, True], ids=["kv-repeated", "native-gqa"])
 @pytest.mark.parametrize("window", [None, 3])
 @pytest.mark.parametrize("sinks", [False, True])
-def test_packed_row_equals_each_sample_alone(monkeypatch, window, sinks):
+def test_packed_row_equals_each_sample_alone(monkeypatch, window, sinks, gqa, lengths):
     from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
     from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
 
     monkeypatch.setattr(PA, "_flash", flash_reference)
-    monkeypatch.setattr(PA, "capabilities", lambda: {"window_size": True, "enable_gqa": False, "return_aux": True, "is_causal": False})
+    monkeypatch.setattr(PA, "capabilities", lambda: {"window_size": True, "enable_gqa": gqa, "return_aux": True, "is_causal": False})
     g = torch.Generator().manual_seed(0)
-    h, h_kv, d, lengths = 4, 2, 8, [5, 1, 7]
+    h, h_kv, d = 4, 2, 8
     n = sum(lengths)
     q = torch.randn(1, h, n, d, generator=g, dtype=torch.float64)
     k = torch.randn(1, h_kv, n, d, generator=g, dtype=torch.float64)
     v = torch.randn(1, h_kv, n, d, generator=g, dtype=torch.float64)
     s_aux = torch.randn(h, generator=g, dtype=torch.float64) if sinks else None
-    cu = torch.tensor([0, 5, 6, 13], dtype=torch.int32)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
     out, _ = PA.varlen_attention_forward(None, q, k, v, None, scaling=d ** -0.5, sliding_window=window, s_aux=s_aux,
-                                         cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=7, max_length_k=7)
+                                         cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths),
+                                         max_length_k=max(lengths))
     assert out.shape == (1, n, h, d)
     module = _Module(s_aux if sinks else torch.full((h,), -1e30, dtype=torch.float64), h // h_kv)
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
@@ -79,7 +83,29 @@ def test_refuses_softcap_masks_and_unpacked_calls():
         PA.varlen_attention_forward(None, q, q, q, torch.ones(1, 1, 3, 3), cu_seq_lens_q=cu, max_length_q=3)
 
 
-def test_lse_rows_takes_either_layout():
-    q = torch.zeros(5, 3, 4)
-    lse = torch.arange(15.0).reshape(3, 5)
-    assert PA._lse_rows(lse, q).shape == (5, 3) and PA._lse_rows(lse.t(), q).shape == (5, 3)
+def test_lse_rows_reads_the_kernels_head_major_layout():
+    q = torch.zeros(5, 3, 4)  # 5 tokens, 3 heads
+    lse = torch.arange(15.0).reshape(3, 5)  # [H, N]: lse[h, t] = 5 h + t
+    rows = PA._lse_rows(lse, q)
+    assert rows[4, 2] == 14.0 and rows[1, 0] == 1.0 and rows[0, 1] == 5.0  # [t, h]
+    assert torch.equal(PA._lse_rows(rows.clone(), q), rows)  # already [N, H] (N != H): kept
+    square = torch.arange(9.0).reshape(3, 3)  # as many tokens as heads: the kernel's [H, N]
+    assert PA._lse_rows(square, torch.zeros(3, 3, 4))[0, 1] == 3.0
+    with pytest.raises(PA.PackedAttentionError, match="shape"):
+        PA._lse_rows(torch.zeros(2, 2), q)
+
+
+def test_window_kept_on_the_module_is_used(monkeypatch):
+    seen = {}
+
+    def fake(q, k, v, cu, max_len, scale, window, want_lse, gqa=False):
+        seen["window"] = window
+        return flash_reference(q, k, v, cu, max_len, scale, window, want_lse, gqa)
+
+    monkeypatch.setattr(PA, "_flash", fake)
+    q = torch.randn(1, 2, 6, 4)
+    cu = torch.tensor([0, 6], dtype=torch.int32)
+    module = torch.nn.Module()
+    module.sliding_window = 4  # as Qwen2-MoE's sliding layers keep it, without passing it on
+    PA.varlen_attention_forward(module, q, q, q, None, scaling=0.5, cu_seq_lens_q=cu, max_length_q=6)
+    assert seen["window"] == (3, 0)

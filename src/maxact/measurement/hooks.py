@@ -69,7 +69,11 @@ class Measurement:
         # The attention (and Gated DeltaNet conv) of a varlen forward switched while the hooks are on (packing.packed_forward).
         self._packed_forward = packing_mod.packed_forward(self.backbone, self.family, packing)
         self._packed_forward.__enter__()
-        self._register()
+        try:
+            self._register()
+        except BaseException:
+            self.remove()
+            raise
 
     # ----------------------------------------------------------- registration
     def _stats(self, name: str, device=None) -> PointStats:

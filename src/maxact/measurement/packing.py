@@ -39,31 +39,40 @@ def recurrent_kernels_pack(model: torch.nn.Module | None) -> bool:
 
 
 def resolve_packing(family: Family, mode: str, device_type: str, dtype: torch.dtype,
-                    model: torch.nn.Module | None = None) -> tuple[str, str]:
+                    model: torch.nn.Module | None = None, attn_implementation: str | None = "auto") -> tuple[str, str]:
     """(method, why): the forward this family runs under ``mode`` on this device and dtype, and why it is
-    not packed where it is not (``model``: the loaded model, whose bound kernels decide for Gated DeltaNet)."""
+    not packed where it is not. ``model``: the loaded model, whose bound kernels decide for Gated DeltaNet;
+    ``attn_implementation``: the one asked for (packing on CUDA replaces it with varlen_attn, so a named one
+    keeps ``auto`` padded and stops ``on``)."""
     if mode not in MODES:
         raise PackingError(f"measure.packing must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "off":
         return "padded", "packing: off"
     spec = family.packing
     half = dtype in (torch.bfloat16, torch.float16)
-    recurrent_ok = spec.recurrent is None or recurrent_kernels_pack(model)
-    if device_type == "cuda" and half and spec.varlen and packed_attention.available() and recurrent_ok:
-        return "varlen", ""
-    if not spec.varlen and not spec.block_mask:
-        why = f"family {family.name!r} cannot run packed: {spec.why_not}"
-    elif not recurrent_ok:
-        why = f"family {family.name!r} cannot run packed here: {spec.why_not}"
-    elif device_type == "cuda" and half and spec.varlen:
-        why = f"this torch has no varlen_attn ({torch.__version__})"
-    elif device_type == "cuda" and half:
-        why = f"family {family.name!r} cannot run packed on CUDA: {spec.why_not}"
-    elif device_type == "cuda":
-        why = f"flash attention (varlen_attn) runs in bfloat16/float16 only, not {str(dtype).replace('torch.', '')}"
+    named = attn_implementation not in (None, "", "auto")
+    dt = str(dtype).replace("torch.", "")
+    if device_type == "cuda" and half:
+        if not spec.varlen:
+            why = f"family {family.name!r} cannot run packed on CUDA: {spec.why_not}"
+        elif spec.recurrent and not recurrent_kernels_pack(model):
+            why = f"family {family.name!r} cannot run packed here: {spec.why_not}"
+        elif not packed_attention.available():
+            why = f"this torch ({torch.__version__}) has no torch.nn.attention.varlen.varlen_attn"
+        elif named:
+            why = (f"runtime.attn_implementation is {attn_implementation!r}, and a packed row on CUDA runs varlen_attn "
+                   "instead; set attn_implementation: auto to pack")
+        else:
+            return "varlen", ""
+        block_ok = False  # the block-diagonal mask is quadratic in the row: never on CUDA in 16-bit
     else:
-        why = "on the CPU the block-diagonal mask makes attention quadratic in the packed row"
-    block_ok = spec.block_mask and (device_type != "cuda" or not half)
+        block_ok = spec.block_mask
+        if not spec.block_mask:
+            why = f"family {family.name!r} has no packed path on {device_type} in {dt}: {spec.why_not}"
+        elif device_type == "cuda":
+            why = f"flash attention (varlen_attn) runs in bfloat16/float16 only, not {dt}"
+        else:
+            why = f"on {device_type} the block-diagonal mask makes attention quadratic in the packed row"
     if mode == "on":
         if block_ok:
             return "block_mask", ""
@@ -77,19 +86,25 @@ def resolve_packing(family: Family, mode: str, device_type: str, dtype: torch.dt
 @contextlib.contextmanager
 def packed_forward(backbone: torch.nn.Module, family: Family, method: str):
     """For the ``varlen`` method: the backbone's attention switched to torch's varlen_attn and, for Gated
-    DeltaNet families, their causal conv to the one that keeps samples apart (both restored after)."""
+    DeltaNet families, their causal conv to the one that keeps samples apart; restored when the last open
+    context on this backbone closes (two measurements of one model may overlap)."""
     if method != "varlen":
         yield
         return
     packed_attention.register()
     cfg = backbone.config
-    before = cfg._attn_implementation
-    cfg._attn_implementation = packed_attention.NAME
+    depth = getattr(backbone, "_maxact_packed_depth", 0)
+    if depth == 0:
+        backbone._maxact_attn_before = cfg._attn_implementation
+        cfg._attn_implementation = packed_attention.NAME
+    backbone._maxact_packed_depth = depth + 1
     try:
         with packed_recurrent.boundary_conv(backbone) if family.packing.recurrent else contextlib.nullcontext():
             yield
     finally:
-        cfg._attn_implementation = before
+        backbone._maxact_packed_depth -= 1
+        if backbone._maxact_packed_depth == 0:
+            cfg._attn_implementation = backbone._maxact_attn_before
 
 
 def forward_kwargs(backbone: torch.nn.Module, family: Family, method: str, batch: PackedBatch, device) -> dict:

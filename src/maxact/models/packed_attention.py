@@ -86,11 +86,14 @@ def _flash(q, k, v, cu, max_len: int, scale, window: tuple[int, int], want_lse: 
 
 
 def _lse_rows(lse: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    # The flash forward returns the LSE as [H, N]; documented as [N, H] in places: take either.
+    """The flash forward's LSE ([H, N], as torch's own fake kernel declares it) as [N, H] float32. Only an
+    [N, H] result with N != H is taken as already laid out by rows; N == H is read as the kernel's [H, N]."""
     n, h = q.shape[0], q.shape[1]
-    if lse.shape == (h, n) and n != h:
-        lse = lse.transpose(0, 1)
-    return lse.float()
+    if lse.shape == (n, h) and n != h:
+        return lse.float()
+    if lse.shape != (h, n):
+        raise PackedAttentionError(f"varlen_attn returned a log-sum-exp of shape {tuple(lse.shape)} for {n} tokens, {h} heads")
+    return lse.transpose(0, 1).float()
 
 
 def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -108,8 +111,10 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
                                    f"mask {None if attention_mask is None else tuple(attention_mask.shape)}")
     if softcap:
         raise PackedAttentionError(f"{NAME} cannot apply attention logit soft-capping ({type(module).__name__})")
-    if cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q and max_length_k != max_length_q:
+    if (cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q) or max_length_k not in (None, max_length_q):
         raise PackedAttentionError(f"{NAME} computes self-attention over one packed row (keys = queries)")
+    if sliding_window is None:  # some attention modules (Qwen2-MoE) keep their window without passing it
+        sliding_window = getattr(module, "sliding_window", None)
     q = query[0].transpose(0, 1)  # [N, H, D]
     k = key[0].transpose(0, 1)
     v = value[0].transpose(0, 1)

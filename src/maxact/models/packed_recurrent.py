@@ -69,25 +69,29 @@ def _wrap(original):
     return causal_conv1d_fn
 
 
+_OPEN: dict[str, int] = {}  # module name -> open boundary_conv contexts (the swap is undone by the last)
+
+
 @contextlib.contextmanager
 def boundary_conv(backbone: torch.nn.Module):
     """The backbone's Gated DeltaNet layers call :func:`boundary_causal_conv1d` while the context is open."""
     modules = {sys.modules[type(getattr(layer, LAYER_ATTR)).__module__]
                for layer in backbone.layers if hasattr(layer, LAYER_ATTR)}
-    patched = []
     for mod in modules:
-        fn = getattr(mod, CONV_FN, None)
-        if fn is None:
+        if getattr(mod, CONV_FN, None) is None:
             raise RuntimeError(f"{mod.__name__} has no {CONV_FN}: this transformers lays out Gated DeltaNet differently; "
                                "measure with packing: off")
-        if not hasattr(fn, "maxact_original"):
-            setattr(mod, CONV_FN, _wrap(fn))
-            patched.append((mod, fn))
+    for mod in modules:
+        if _OPEN.get(mod.__name__, 0) == 0:
+            setattr(mod, CONV_FN, _wrap(getattr(mod, CONV_FN)))
+        _OPEN[mod.__name__] = _OPEN.get(mod.__name__, 0) + 1
     try:
         yield
     finally:
-        for mod, fn in patched:
-            setattr(mod, CONV_FN, fn)
+        for mod in modules:
+            _OPEN[mod.__name__] -= 1
+            if _OPEN[mod.__name__] == 0:
+                setattr(mod, CONV_FN, getattr(mod, CONV_FN).maxact_original)
 
 
 def kernel_size(backbone: torch.nn.Module) -> int:

@@ -74,7 +74,7 @@ def measure_checkpoint(
     samples = [list(map(int, x)) for x in tokens["input_ids"]]
     sample_ids = list(tokens["sample_id"])
     lengths = [len(x) for x in samples]
-    packing, not_packed_why = resolve_packing(fam, s.packing, device.type, dtype, model)
+    packing, not_packed_why = resolve_packing(fam, s.packing, device.type, dtype, model, s.attn_implementation)
     if not_packed_why and s.packing == "auto":
         log.info("%s: padded batches (%s)", prepared["name"], not_packed_why)
     batches = make_batches(lengths, int(s.batch_size), s.max_batch_tokens, packed=packing != "padded")
@@ -93,16 +93,18 @@ def measure_checkpoint(
     from tqdm.auto import tqdm
 
     total = sum(lengths[i] for b in batches[start:] for i in b)
-    with tqdm(total=total, unit="tok", desc=prepared["name"], mininterval=5.0) as bar:
-        run = run_batches(meas, samples, batches, pad_id, progress=bar.update, start_batch=start,
-                          on_batch_done=lambda bi: resume.after_batch(meas, bi))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    host = meas.host_state()  # every statistic to the host once, for both tables
-    result_core = assemble_result(meas, sample_ids, decode=lambda i: tok.decode([i]), host=host)
-    per_sample = per_sample_table(meas, sample_ids, host=host)
-    kernels = kernels_used(model)  # while the hooks are on: the attention the batches ran with
-    meas.remove()
+    try:
+        with tqdm(total=total, unit="tok", desc=prepared["name"], mininterval=5.0) as bar:
+            run = run_batches(meas, samples, batches, pad_id, progress=bar.update, start_batch=start,
+                              on_batch_done=lambda bi: resume.after_batch(meas, bi))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        host = meas.host_state()  # every statistic to the host once, for both tables
+        result_core = assemble_result(meas, sample_ids, decode=lambda i: tok.decode([i]), host=host)
+        per_sample = per_sample_table(meas, sample_ids, host=host)
+        kernels = kernels_used(model)  # while the hooks are on: the attention the batches ran with
+    finally:
+        meas.remove()  # hooks off, the model's own attention (and conv) back, also after an error
 
     text_cfg = getattr(model.config, "text_config", None) or model.config
     result = {
