@@ -1,5 +1,5 @@
 # maxact: maximum activations of open LLM checkpoints, as a cached, resumable DAG.
-# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> int8_check -> aggregate/supplementary -> render.
+# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> calibration, int8_check -> aggregate/supplementary -> render.
 
 from snakemake.utils import min_version
 
@@ -14,6 +14,7 @@ include: "rules/corpus.smk"
 include: "rules/prepare.smk"
 include: "rules/tokenize.smk"
 include: "rules/measure.smk"
+include: "rules/calibration.smk"
 include: "rules/int8.smk"
 include: "rules/probes.smk"
 include: "rules/aggregate.smk"

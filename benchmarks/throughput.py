@@ -7,7 +7,8 @@ tokens, mean about 3,400) and runs, interleaved ``--repeats`` times over the sam
 - the padded bare forward (length-sorted padded batches, SDPA with the mask): the baseline;
 - the packed bare forward (each batch's samples end to end in one row, torch's varlen_attn);
 - the packed measurement (every hook point; ``--full-stats all`` for every statistic);
-- with ``--padded-measured``, also today's padded measurement.
+- with ``--padded-measured``, also today's padded measurement; with ``--calibration``, the packed measurement
+  also recording every linear layer's inputs (the calibration files' data; goal: at most 5% slower).
 
 Prints tokens/s and peak GPU memory of each and the ratios the packing issue sets goals for:
 packed measured / padded bare (goal >= 1.30), packed measured / packed bare (>= 0.88) and the memory of
@@ -142,7 +143,7 @@ def warm_up(model, backbone, samples, batches, collated, dev, full_kinds) -> flo
 
 
 def interleaved_paths(model, backbone, family, method, samples, padded, collated, packed, rows, dev, full_kinds,
-                      repeats: int, padded_measured: bool = False, label: str = "") -> dict:
+                      repeats: int, padded_measured: bool = False, label: str = "", calibration: bool = False) -> dict:
     """``repeats`` rounds of (padded bare, packed bare, packed measured[, padded measured]) over the same samples:
     each path's tokens/s and peak memory per round, and the medians and ratios over the rounds. ``method``
     'padded' (a family that does not pack) runs the padded batches in the 'packed' slots."""
@@ -152,8 +153,8 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
 
     n_tok = sum(len(s) for s in samples)
 
-    def measured(m, batches):
-        meas = Measurement(model, len(samples), dev, full_kinds=full_kinds, packing=m)
+    def measured(m, batches, linear_inputs=False):
+        meas = Measurement(model, len(samples), dev, full_kinds=full_kinds, packing=m, linear_inputs=linear_inputs)
         run_batches(meas, samples, batches, 0)
         out = assemble_result(meas, [str(i) for i in range(len(samples))], None)  # one host transfer at the end
         meas.remove()
@@ -168,6 +169,8 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
         paths["packed_measured"] = lambda: measured(method, packed)
     if padded_measured:
         paths["padded_measured"] = lambda: measured("padded", padded)
+    if calibration:  # the same packed measurement also recording every linear layer's inputs (measure.exports)
+        paths["packed_measured_calibration"] = lambda: measured(method, packed if method != "padded" else padded, True)
     rounds = []
     for r in range(repeats):
         rnd = {}
@@ -195,6 +198,8 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
     }
     if "padded_measured" in summary:
         ratios["padded_measured_vs_padded_bare"] = summary["padded_measured"]["tok_s"] / base["tok_s"]
+    if "packed_measured_calibration" in summary:  # goal: at most 5% slower than without (overhead <= 0.05)
+        ratios["calibration_overhead"] = pm["tok_s"] / summary["packed_measured_calibration"]["tok_s"] - 1.0
     print(f"{label}medians: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items() if v is not None), flush=True)
     return {"method": method, "rounds": rounds, "paths": summary, "ratios": ratios, "tokens": n_tok,
             "padded_batches": len(padded), "packed_batches": len(packed)}
@@ -247,6 +252,8 @@ def main(argv=None):
     ap.add_argument("--full-stats", default="all", choices=["paper", "all"],
                     help="points with quantiles + Sun criterion: the published files' set, or every point")
     ap.add_argument("--padded-measured", action="store_true", help="also time today's padded measurement")
+    ap.add_argument("--calibration", action="store_true",
+                    help="also time the packed measurement recording every linear layer's inputs (calibration files)")
     ap.add_argument("--out", help="write the figures as JSON here")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one packed measured batch (torch.profiler) and print the top GPU kernels")
@@ -295,7 +302,7 @@ def main(argv=None):
            "mean_len": float(np.mean(lengths)), "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s,
            "host_syncs": host_syncs}
     res.update(interleaved_paths(model, bb, family, method, samples, batches, collated, packed, rows, dev, fk, a.repeats,
-                                 padded_measured=a.padded_measured))
+                                 padded_measured=a.padded_measured, calibration=a.calibration))
     if a.profile and dev.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 

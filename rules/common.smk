@@ -77,6 +77,30 @@ def ckpt_gpus(wildcards):
     return int(checkpoint_entry(config, wildcards.ckpt).get("gpus", 1))
 
 
+EXPORTS = list(config["measure"]["exports"])
+RECORDS_LINEAR_INPUTS = bool(config["measure"]["linear_inputs"] or EXPORTS)
+
+
+def measure_extra_outputs():
+    """The measure rule's linear-input statistics, where the study records them (measure.linear_inputs/exports)."""
+    if not RECORDS_LINEAR_INPUTS:
+        return {}
+    return {"linear_inputs": f"{RESULTS}/measure/{{ckpt}}/linear_inputs.safetensors"}
+
+
+def calibration_files():
+    from maxact.calibration.exports import files_for
+
+    return [f"{RESULTS}/calibration/{{ckpt}}/{name}" for name in files_for(EXPORTS)]
+
+
+def calibration_results(wildcards=None):
+    """Each checkpoint's calibration manifest (none when measure.exports is empty)."""
+    if not EXPORTS:
+        return []
+    return expand(f"{RESULTS}/calibration/{{ckpt}}/calibration.json", ckpt=CHECKPOINTS)
+
+
 def measured_results(wildcards=None):
     return expand(f"{RESULTS}/measure/{{ckpt}}/activation_stats.json", ckpt=CHECKPOINTS)
 

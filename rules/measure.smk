@@ -7,6 +7,7 @@ rule measure:
     output:
         stats=f"{RESULTS}/measure/{{ckpt}}/activation_stats.json",
         per_sample=f"{RESULTS}/measure/{{ckpt}}/per_sample_extremes.parquet",
+        **measure_extra_outputs(),
     params:
         meta=ckpt_meta,
         measure=canonical(config["measure"]),

@@ -9,6 +9,7 @@ rule render:
         stats=measured_results,
         int8=int8_results,
         probes=probe_results,
+        calibration=calibration_results,
         corpus_manifest=rules.corpus.output.manifest,
         bootstrap=rules.supplementary.output.bootstrap,
         saturation=rules.supplementary.output.saturation,

@@ -73,6 +73,15 @@ def test_end_to_end_outputs(study):
         assert ck in html
         assert (res / "measure" / ck / "per_sample_extremes.parquet").exists()
         assert (res / "int8" / ck / "int8_check.json").exists()
+        # Calibration files for the four consumers, with the measurement's provenance, linked from the report.
+        cal = json.loads((res / "calibration" / ck / "calibration.json").read_text())
+        assert cal["provenance"]["checkpoint"] == ck and cal["provenance"]["corpus_sha256"] == prov["corpus_sha256"]
+        for f in ("act_scales.pt", "imatrix.gguf", "input_scales_int8.safetensors", "input_scales_fp8.safetensors",
+                  "awq_stats.safetensors"):
+            assert f in cal["files"] and (res / "calibration" / ck / f).stat().st_size > 0
+            assert f"calibration/{ck}/{f}" in html
+        card = (rep / "cards" / f"{ck}.activation_card.md").read_text()
+        assert "act_scales.pt" in card and "imatrix.gguf" in card
     # The published 27 sit beside the measured ones.
     gt = (res / "aggregate" / "global_max.csv").read_text()
     assert gt.count(",published,") == 27 or gt.count("published") >= 27
@@ -181,7 +190,7 @@ def test_lint_is_clean(tmp_path):
 def test_default_config_plans_every_stage(tmp_path):
     p = snakemake(tmp_path, "-n", configfile=REPO / "config" / "config.yaml")
     jobs = planned(p.stdout)
-    for rule in ("corpus", "prepare_checkpoint", "tokenize", "measure", "int8_check", "aggregate", "render"):
+    for rule in ("corpus", "prepare_checkpoint", "tokenize", "measure", "calibration", "int8_check", "aggregate", "render"):
         assert jobs.get(rule), rule
 
 

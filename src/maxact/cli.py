@@ -65,13 +65,30 @@ def cmd_measure(a) -> int:
     meta = {"tokenizer_sha256": tokenizer_fingerprint(tok), "corpus_sha256": sha256_file(a.texts),
             "max_seq_len": a.max_seq_len, "add_special_tokens": a.add_special_tokens}
     settings = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens,
-                "attn_implementation": a.attn_implementation, "packing": a.packing}
-    r = measure_checkpoint(prepared, df, meta, out, settings=settings)
+                "attn_implementation": a.attn_implementation, "packing": a.packing,
+                "linear_inputs": a.calibration, "exports": _exports(a.export), "fill_uncovered": a.fill_uncovered}
+    r = measure_checkpoint(prepared, df, meta, out, settings=settings, write_exports=True)
     print(f"{prepared['name']}: global max {r['global_max_activation']} at {r['global_max_location']}")
     p = r.get("peak") or {}
     print(f"  peak: sample {p.get('sample_id')} position {p.get('position')} token {p.get('token')!r} channel {p.get('channel')}")
     print(f"  wrote {out / 'activation_stats.json'} and {out / 'per_sample_extremes.parquet'}")
+    cal = r.get("calibration") or {}
+    for f in cal.get("files", []):
+        print(f"  wrote {out / f}")
+    if cal.get("uncovered"):
+        print(f"  no calibration token reached {len(cal['uncovered'])} module(s)/expert(s) (left out of every file): "
+              f"{', '.join(cal['uncovered'][:5])}{' ...' if len(cal['uncovered']) > 5 else ''}")
     return 0
+
+
+def _exports(value: str | None) -> list[str]:
+    from maxact.calibration.exports import EXPORTS
+
+    names = [v.strip() for v in (value or "").split(",") if v.strip()]
+    unknown = [n for n in names if n not in EXPORTS]
+    if unknown:
+        raise ValueError(f"unknown --export {', '.join(unknown)}: choose from {', '.join(EXPORTS)} (comma-separated)")
+    return names
 
 
 def cmd_card(a) -> int:
@@ -109,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the family's fastest exact one on this device (see the registry)")
     m.add_argument("--packing", default=schema.defaults("measure")["packing"], choices=["auto", "on", "off"],
                    help="auto: one packed row per batch where that is exact (CUDA), else padded; on: pack or stop; off: padded")
+    m.add_argument("--calibration", action="store_true",
+                   help="record every linear layer's input statistics (linear_inputs.safetensors), the data of --export")
+    m.add_argument("--export", help="calibration files to write: smoothquant,imatrix,input_scales,awq (comma-separated)")
+    m.add_argument("--fill-uncovered", default=schema.defaults("measure")["fill_uncovered"], choices=["none", "max_over_layer"],
+                   help="scales for experts no token reached: none (left out, listed) or the max over the layer's others")
     m.add_argument("--add-special-tokens", action="store_true",
                    help="follow the tokenizer's own BOS/EOS convention (default: none added, as in the paper)")
     m.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")

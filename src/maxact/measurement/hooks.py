@@ -42,6 +42,7 @@ class Measurement:
         full_kinds: Iterable[str] | None = None,
         topk: int = 100,
         packing: str = "padded",
+        linear_inputs: bool = False,
     ):
         if packing not in ("padded", "varlen", "block_mask"):
             raise ValueError(f"packing method must be padded, varlen or block_mask, not {packing!r}")
@@ -69,8 +70,11 @@ class Measurement:
         # The attention (and Gated DeltaNet conv) of a varlen forward switched while the hooks are on (packing.packed_forward).
         self._packed_forward = packing_mod.packed_forward(self.backbone, self.family, packing)
         self._packed_forward.__enter__()
+        self.linear_inputs = None
         try:
             self._register()
+            if linear_inputs:
+                self._register_linear_inputs()
         except BaseException:
             self.remove()
             raise
@@ -223,6 +227,20 @@ class Measurement:
 
             self._hook(lp.expert_act, act_pre, pre=True)
 
+    def _register_linear_inputs(self) -> None:
+        """Per-input-channel statistics of every linear layer of the backbone (calibration files), named as in
+        the loaded model's ``named_modules()``; fused 3-D experts per expert."""
+        from maxact.measurement.linear_inputs import LinearInputs
+
+        names = {m: n for n, m in self.model.named_modules()}
+        experts = []
+        for lp in self.layers:
+            if lp.moe_block is not None:
+                mod = getattr(lp.moe_block, self.family.moe.experts, None)
+                if mod is not None and isinstance(getattr(mod, "gate_up_proj", None), torch.nn.Parameter):
+                    experts.append((mod, lp.num_experts or int(mod.gate_up_proj.shape[0])))
+        self.linear_inputs = LinearInputs(self.backbone, names, lambda x: self._info_for(x).valid.reshape(-1), experts)
+
     def _rows_on(self, device) -> torch.Tensor:
         rows = self._packed_rows
         if rows.device == device:
@@ -239,6 +257,8 @@ class Measurement:
         if self._packed_forward is not None:
             self._packed_forward.__exit__(None, None, None)
             self._packed_forward = None
+        if getattr(self, "linear_inputs", None) is not None:
+            self.linear_inputs.remove()
 
     # ---------------------------------------------------------------- running
     def _set_batch(self, batch: Batch, device) -> None:
@@ -305,6 +325,8 @@ class Measurement:
                 use_cache=False,
             )
         self._deferred.flush()
+        if self.linear_inputs is not None:
+            self.linear_inputs.flush()
 
     def input_device(self) -> torch.device:
         return self.backbone.get_input_embeddings().weight.device
@@ -336,6 +358,8 @@ class Measurement:
         self._deferred = Deferred()
         self._moved = {}
         self._unknown = {}
+        if getattr(self, "linear_inputs", None) is not None:
+            self.linear_inputs.discard()
 
     def restore(self, state: dict) -> None:
         keep = set(state["points"])

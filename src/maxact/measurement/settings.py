@@ -35,6 +35,9 @@ class MeasureSettings:
     topk: int = _default("measure", "topk")
     full_stats: str = _default("measure", "full_stats")
     packing: str = _default("measure", "packing")
+    linear_inputs: bool = _default("measure", "linear_inputs")
+    exports: tuple = _default("measure", "exports")
+    fill_uncovered: str = _default("measure", "fill_uncovered")
     gpus: int = 1
     device_map: Any = None  # an explicit accelerate device map (library use); None: the policy below
 
@@ -51,6 +54,8 @@ class MeasureSettings:
             raise ValueError(f"unknown measurement setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if isinstance(values.get("packing"), bool):  # YAML 1.1 reads a bare on/off as a boolean
             values["packing"] = "on" if values["packing"] else "off"
+        if values.get("exports") is not None:
+            values["exports"] = tuple(values["exports"])
         s = cls(**{k: v for k, v in values.items() if v is not None})
         s.full_kinds()  # refuse a bad full_stats before any model is loaded
         return s
@@ -60,6 +65,11 @@ class MeasureSettings:
 
     def full_kinds(self):
         return full_kinds(self.full_stats)
+
+    @property
+    def records_linear_inputs(self) -> bool:
+        """Linear-layer inputs are recorded when asked for, or when a calibration file needs them."""
+        return bool(self.linear_inputs or self.exports)
 
 
 def full_kinds(mode: str):

@@ -28,7 +28,8 @@ def verdict(sqnr_db: float | None) -> str:
     return next(v for t, v in VERDICTS if sqnr_db >= t)
 
 
-def build_card(result: dict, int8: dict | None) -> dict:
+def build_card(result: dict, int8: dict | None, calibration: dict | None = None) -> dict:
+    """The card's facts; ``calibration``: the checkpoint's calibration manifest with its folder (``dir``)."""
     split: dict[str, dict] = {}
     for comp, st in result["per_layer_stats"].items():
         if st.get("max") is None:
@@ -57,6 +58,10 @@ def build_card(result: dict, int8: dict | None) -> dict:
         "weights_note": prov.get("weights_note"),
         "libraries": (prov.get("environment") or {}).get("libraries"),
     }
+    if calibration is not None:
+        card["calibration"] = {"dir": calibration.get("dir"), "files": calibration.get("files", []),
+                               "uncovered": calibration.get("uncovered", []), "filled": calibration.get("filled", {}),
+                               "fill_policy": calibration.get("fill_policy")}
     return card
 
 
@@ -83,6 +88,17 @@ def card_markdown(card: dict) -> str:
             sq = "n/a" if v["sqnr_db"] is None else f"{v['sqnr_db']:.2f}"
             cr = "n/a" if v["clip_rate"] is None else f"{v['clip_rate']:.2e}"
             lines.append(f"| {pol} | {sq} | {cr} | {v['verdict']} |")
+    cal = card.get("calibration")
+    if cal:
+        base = cal.get("dir") or "."
+        lines += ["", "Calibration files: " + (", ".join(f"[{f}]({base}/{f})" for f in cal["files"]) or "none")]
+        if cal["uncovered"]:
+            lines.append(f"- No calibration token reached {len(cal['uncovered'])} module(s)/expert(s); left out of every file: "
+                         + ", ".join(f"`{u}`" for u in cal["uncovered"]))
+        else:
+            lines.append("- Every linear layer and expert got calibration tokens.")
+        if cal["filled"]:
+            lines.append(f"- Filled ({cal['fill_policy']}): " + ", ".join(f"`{k}`" for k in cal["filled"]))
     lines += ["", "Measured with maxact (symmetric INT-8 of the peak-layer hidden state; verdict: >= 20 dB fine, >= 10 dB degraded, else unusable)."]
     return "\n".join(lines) + "\n"
 
@@ -98,7 +114,12 @@ def write_card(result_dir, out_dir=None) -> list[str]:
         if cand.exists():
             int8 = read_json(cand)
             break
-    card = build_card(result, int8)
+    manifest = None
+    for cand in (result_dir / "calibration.json", result_dir.parent.parent / "calibration" / result_dir.name / "calibration.json"):
+        if cand.exists():
+            manifest = {**read_json(cand), "dir": str(cand.parent)}
+            break
+    card = build_card(result, int8, manifest)
     out = Path(out_dir) if out_dir else result_dir
     name = card["checkpoint"] or result_dir.name
     md, js = out / f"{name}.activation_card.md", out / f"{name}.activation_card.json"

@@ -40,7 +40,11 @@ def measure_checkpoint(
     settings: MeasureSettings | dict | None = None,
     meta: dict | None = None,
     corpus_sha256: str | None = None,
+    write_exports: bool = False,
 ) -> dict:
+    """Measure one checkpoint into ``out_dir``. With linear inputs recorded (``measure.linear_inputs`` or
+    ``exports``) their statistics go to ``linear_inputs.safetensors``; ``write_exports`` also writes the
+    calibration files there (the CLI; the workflow's ``calibration`` rule writes them from the saved file)."""
     s = MeasureSettings.of(settings)
     out_dir = Path(out_dir)
     corpus_sha256 = corpus_sha256 or token_meta.get("corpus_sha256")
@@ -78,7 +82,8 @@ def measure_checkpoint(
     if not_packed_why and s.packing == "auto":
         log.info("%s: padded batches (%s)", prepared["name"], not_packed_why)
     batches = make_batches(lengths, int(s.batch_size), s.max_batch_tokens, packed=packing != "padded")
-    meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds(), packing=packing)
+    meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds(), packing=packing,
+                       linear_inputs=s.records_linear_inputs)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     # Everything that shapes the statistics: a saved state taken with another value is not resumed.
@@ -86,7 +91,7 @@ def measure_checkpoint(
                 "source": prepared.get("source"), "random_seed": prepared.get("random_seed"), "gguf": prepared.get("gguf"),
                 "corpus_sha256": corpus_sha256, "tokenizer_sha256": fp,
                 "dtype": dtype, "device_type": device.type, "attn_implementation": s.attn_implementation,
-                "full_stats": s.full_stats, "topk": s.topk, "packing": packing}
+                "full_stats": s.full_stats, "topk": s.topk, "packing": packing, "linear_inputs": s.records_linear_inputs}
     resume = ResumeFile(out_dir, s.checkpoint_every, batches, identity)
     start = resume.restore(meas, device)
 
@@ -103,6 +108,7 @@ def measure_checkpoint(
         result_core = assemble_result(meas, sample_ids, decode=lambda i: tok.decode([i]), host=host)
         per_sample = per_sample_table(meas, sample_ids, host=host)
         kernels = kernels_used(model)  # while the hooks are on: the attention the batches ran with
+        linear = (meas.linear_inputs.stats, meas.linear_inputs.experts) if meas.linear_inputs is not None else None
     finally:
         meas.remove()  # hooks off, the model's own attention (and conv) back, also after an error
 
@@ -153,6 +159,17 @@ def measure_checkpoint(
         },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    if linear is not None:
+        from maxact.calibration.exports import per_module
+        from maxact.stages.calibration import LINEAR_INPUTS, save_linear_inputs, write_calibration
+
+        _, report = per_module(*linear, fill=s.fill_uncovered)
+        result["calibration"] = {"linear_inputs": LINEAR_INPUTS, "modules": len(linear[0]), "expert_sets": len(linear[1]),
+                                 "uncovered": report["uncovered"], "nonfinite": report["nonfinite"]}
+        save_linear_inputs(out_dir / LINEAR_INPUTS, *linear, result["provenance"])
+        if write_exports and s.exports:
+            manifest = write_calibration(out_dir, *linear, s.exports, s.fill_uncovered, result)
+            result["calibration"].update(files=manifest["files"], filled=manifest["filled"])
     atomic_save(out_dir / "per_sample_extremes.parquet", lambda tmp: per_sample.to_parquet(tmp, index=False))
     write_json(out_dir / "activation_stats.json", result)
     resume.remove()

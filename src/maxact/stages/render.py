@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -70,9 +71,17 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
     if corr:
         ct = pd.DataFrame([{"policy": k, "n": v["n"], "pearson_r": v["pearson_r"], "spearman_rho": v["spearman_rho"]} for k, v in corr.items()])
         tables.append(write_table(ct, tab_dir, "int8_correlation", "Correlation of INT-8 SQNR with log10 peak across checkpoints, per policy"))
+    calibration = {}
+    for p in _as_list(inputs.get("calibration", [])):
+        m = read_json(p)
+        calibration[m["provenance"]["checkpoint"]] = {**m, "dir": str(Path(p).parent), "path": p}
     for s_ in stats:
         int8 = read_json(s_["int8_path"]) if s_.get("int8_path") else None
-        card = build_card(s_, int8)
+        cal = calibration.get(s_["checkpoint"])
+        if cal is not None:  # links relative to the cards folder
+            cal = {**cal, "dir": os.path.relpath(cal["dir"], outputs["cards"])}
+            s_["calibration_files"] = {"dir": calibration[s_["checkpoint"]]["dir"], **{k: cal[k] for k in ("files", "uncovered", "filled")}}
+        card = build_card(s_, int8, cal)
         md_path = Path(outputs["cards"]) / f"{s_['checkpoint']}.activation_card.md"
         atomic_write_text(md_path, card_markdown(card))
         write_json(md_path.with_name(f"{s_['checkpoint']}.activation_card.json"), card)

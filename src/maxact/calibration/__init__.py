@@ -1,0 +1,1 @@
+"""Calibration files from a measurement's linear-input statistics, in the formats quantization stacks read."""
