@@ -121,3 +121,17 @@ def test_cli_writes_the_four_files_with_provenance(tmp_path, capsys):
     assert main(["measure", "--model", str(folder), "--texts", str(texts), "--out", str(tmp_path / "bad"), "--device", "cpu",
                  "--export", "smoothquant,gptq"]) == 2
     assert "gptq" in capsys.readouterr().err
+
+
+def test_dead_channel_gets_the_smallest_scale_not_zero_and_its_module_stays():
+    from maxact.measurement.linear_inputs import ChannelStats
+
+    st = ChannelStats.zeros((4,), "cpu")
+    st.max_abs[:] = torch.tensor([2.0, 0.0, 0.5, 3.0])  # channel 1 zero on every token (a zero norm weight)
+    st.sumabs[:] = torch.tensor([4.0, 0.0, 1.0, 6.0])
+    st.count.fill_(2)
+    modules, report = X.per_module({"model.layers.0.mlp.gate_proj": st}, {})
+    m = modules["model.layers.0.mlp.gate_proj"]
+    assert report["uncovered"] == [] and report["dead_channels"] == {"model.layers.0.mlp.gate_proj": 1}
+    assert m["max_abs"].tolist() == [2.0, 0.5, 0.5, 3.0]
+    assert m["mean_abs"].tolist() == [2.0, 0.5, 0.5, 3.0]

@@ -17,10 +17,11 @@ Formats (checked against their consumers' sources):
   weight ``<gguf name>.in_sum2`` (F32, dims [n_in, n_mat], raw sums of x^2) and ``<gguf name>.counts`` (F32,
   dims [1, n_mat], tokens per matrix or per expert). GGUF names come from gguf-py's ``TensorNameMap``.
 
-No file ever holds a zero, NaN or inf scale: a module or expert that no calibration token reached, or whose
-maximum is zero or not finite, is left out and listed in the file's metadata (``uncovered``), unless
+No file ever holds a zero, NaN or inf scale: a module or expert that no calibration token reached (or whose
+every value was zero or not finite) is left out and listed in the file's metadata (``uncovered``), unless
 ``fill="max_over_layer"`` asks to give an uncovered expert the maximum over its layer's other experts (then
-listed under ``filled``).
+listed under ``filled``); a single channel that was zero on every token gets its input's smallest positive
+scale (listed under ``dead_channels``, with how many).
 """
 
 from __future__ import annotations
@@ -45,8 +46,19 @@ INT8_DIVISOR = 127.5  # compressed-tensors: symmetric int8 over -128..127, bit_r
 FP8_E4M3_MAX = 448.0
 
 
-def _usable(t: torch.Tensor) -> bool:
-    return bool(torch.isfinite(t).all()) and bool((t > 0).all())
+def _covered(max_abs: torch.Tensor, count) -> bool:
+    """Calibration tokens reached the input and gave it a finite, non-zero maximum somewhere."""
+    return int(count) > 0 and bool(torch.isfinite(max_abs).all()) and bool((max_abs > 0).any())
+
+
+def _fill_dead(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A channel that was exactly zero on every token (e.g. a zero norm weight) has no scale of its own: it gets
+    the input's smallest positive one, so that no file holds a zero. Returns (filled copy, dead channels)."""
+    dead = t <= 0
+    n = int(dead.sum())
+    if n == 0:
+        return t, 0
+    return torch.where(dead, t[~dead].min(), t), n
 
 
 def per_module(stats: dict, experts: dict, fill: str = "none") -> tuple[dict, dict]:
@@ -54,36 +66,46 @@ def per_module(stats: dict, experts: dict, fill: str = "none") -> tuple[dict, di
     report {uncovered: [...], filled: {...}, nonfinite: {...}})."""
     if fill not in FILL_POLICIES:
         raise ValueError(f"fill policy must be one of {', '.join(FILL_POLICIES)}, not {fill!r}")
-    out, uncovered, filled, nonfinite = {}, [], {}, {}
+    out, uncovered, filled, nonfinite, dead = {}, [], {}, {}, {}
+
+    def record(key, max_abs, sumsq, sumabs, count):
+        mx, n_dead = _fill_dead(max_abs.float())
+        mean = sumabs / count.double() if sumabs is not None else None
+        if n_dead:
+            dead[key] = n_dead
+            mean = _fill_dead(mean)[0] if mean is not None else None
+        out[key] = {"max_abs": mx, "sumsq": sumsq, "sumabs": sumabs, "count": count, "mean_abs": mean}
+
     for name, st in sorted(stats.items()):
         h = st.host()
         if int(h["nonfinite"]):
             nonfinite[name] = int(h["nonfinite"])
-        if int(h["count"]) == 0 or not _usable(h["max_abs"]):
+        if not _covered(h["max_abs"], h["count"]):
             uncovered.append(name)
             continue
-        out[name] = {k: h[k] for k in ("max_abs", "sumsq", "sumabs", "count")}
+        record(name, h["max_abs"], h["sumsq"], h["sumabs"], h["count"])
     for name, st in sorted(experts.items()):
         h = st.host()
         if int(h["nonfinite"]):
             nonfinite[name] = int(h["nonfinite"])
-        ok = [e for e in range(h["count"].shape[0]) if int(h["count"][e]) > 0 and _usable(h["max_abs"][e])]
+        ok = [e for e in range(h["count"].shape[0]) if _covered(h["max_abs"][e], h["count"][e])]
         for e in range(h["count"].shape[0]):
             key = f"{name}.{e}"
             if e in ok:
-                out[key] = {"max_abs": h["max_abs"][e], "sumsq": h["sumsq"][e], "sumabs": h["sumabs"][e], "count": h["count"][e]}
+                record(key, h["max_abs"][e], h["sumsq"][e], h["sumabs"][e], h["count"][e])
             elif fill == "max_over_layer" and ok:
-                mx = torch.stack([h["max_abs"][j] for j in ok]).amax(0)
-                out[key] = {"max_abs": mx, "sumsq": None, "sumabs": None, "count": torch.tensor(0)}
+                mx = torch.stack([_fill_dead(h["max_abs"][j].float())[0] for j in ok]).amax(0)
+                out[key] = {"max_abs": mx, "sumsq": None, "sumabs": None, "count": torch.tensor(0), "mean_abs": None}
                 filled[key] = f"max |x| over the {len(ok)} covered experts of {name}"
             else:
                 uncovered.append(key)
-    return out, {"uncovered": uncovered, "filled": filled, "nonfinite": nonfinite, "fill_policy": fill}
+    return out, {"uncovered": uncovered, "filled": filled, "nonfinite": nonfinite, "dead_channels": dead, "fill_policy": fill}
 
 
 def _meta(provenance: dict, report: dict, what: str) -> dict[str, str]:
     return {"format": what, "provenance": json.dumps(provenance, sort_keys=True, default=str),
             "uncovered": json.dumps(report["uncovered"]), "filled": json.dumps(report["filled"]),
+            "dead_channels": json.dumps(report.get("dead_channels", {})),
             "fill_policy": report["fill_policy"]}
 
 
@@ -117,8 +139,7 @@ def write_input_scales(folder, modules: dict, report: dict, provenance: dict) ->
 def write_awq(path, modules: dict, report: dict, provenance: dict) -> None:
     from safetensors.torch import save_file
 
-    t = {f"{n}.input_mean_abs": (m["sumabs"] / m["count"].double()).float().contiguous()
-         for n, m in modules.items() if m["sumabs"] is not None}
+    t = {f"{n}.input_mean_abs": m["mean_abs"].float().contiguous() for n, m in modules.items() if m["mean_abs"] is not None}
     check_scales(t)
     atomic_save(path, lambda tmp: save_file(t, str(tmp), metadata=_meta(provenance, report, "awq mean |x|")))
 
