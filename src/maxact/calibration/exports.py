@@ -30,7 +30,7 @@ import json
 
 import torch
 
-from maxact.io import atomic_save
+from maxact.io import atomic_save, atomic_write_text
 
 EXPORTS = ("smoothquant", "input_scales", "awq", "imatrix")
 #: The files each export writes (names inside a checkpoint's calibration folder).
@@ -114,7 +114,7 @@ def write_act_scales(path, modules: dict, report: dict, provenance: dict) -> Non
     scales = {n: m["max_abs"].float().cpu().contiguous() for n, m in modules.items() if not _is_expert(n)}
     check_scales(scales)
     atomic_save(path, lambda tmp: torch.save(scales, tmp))
-    atomic_save(str(path) + ".json", lambda tmp: open(tmp, "w").write(json.dumps(_meta(provenance, report, "smoothquant act_scales"), indent=1)))
+    atomic_write_text(str(path) + ".json", json.dumps(_meta(provenance, report, "smoothquant act_scales"), indent=1))
 
 
 def write_input_scales(folder, modules: dict, report: dict, provenance: dict) -> list:

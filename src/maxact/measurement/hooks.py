@@ -27,6 +27,11 @@ from maxact.models.registry import Family, LayerPoints, family_for, layer_points
 log = logging.getLogger(__name__)
 
 
+def _check_distinct(sample_index: torch.Tensor) -> None:
+    if len(set(sample_index.tolist())) != sample_index.numel():  # host tensor: no device sync
+        raise ValueError("a batch holds the same corpus sample twice; batches must hold distinct samples")
+
+
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -68,9 +73,9 @@ class Measurement:
         self._deferred = Deferred()
         self._unknown: dict = {}
         # The attention (and Gated DeltaNet conv) of a varlen forward switched while the hooks are on (packing.packed_forward).
+        self.linear_inputs = None
         self._packed_forward = packing_mod.packed_forward(self.backbone, self.family, packing)
         self._packed_forward.__enter__()
-        self.linear_inputs = None
         try:
             self._register()
             if linear_inputs:
@@ -257,7 +262,7 @@ class Measurement:
         if self._packed_forward is not None:
             self._packed_forward.__exit__(None, None, None)
             self._packed_forward = None
-        if getattr(self, "linear_inputs", None) is not None:
+        if self.linear_inputs is not None:
             self.linear_inputs.remove()
 
     # ---------------------------------------------------------------- running
@@ -267,8 +272,7 @@ class Measurement:
         self.discard_batch()  # per-batch caches and pending updates start empty
         mask = to_device(batch.attention_mask, device).bool()
         ids = to_device(batch.input_ids, device)
-        if len(set(batch.sample_index.tolist())) != b:  # host tensor: no device sync
-            raise ValueError("a batch holds the same corpus sample twice; batches must hold distinct samples")
+        _check_distinct(batch.sample_index)
         batch_samples = to_device(batch.sample_index, device)
         sample = batch_samples[:, None].expand(b, t).reshape(-1)
         pos = torch.arange(t, device=device).expand(b, t).reshape(-1)
@@ -292,8 +296,7 @@ class Measurement:
         b, t, n = len(lengths), max(lengths), sum(lengths)
         self._batch_shape = (1, n)
         self.discard_batch()
-        if len(set(batch.sample_index.tolist())) != b:  # host tensor: no device sync
-            raise ValueError("a batch holds the same corpus sample twice; batches must hold distinct samples")
+        _check_distinct(batch.sample_index)
         counts = torch.as_tensor(lengths)
         host = torch.stack([
             batch.sample_index.repeat_interleave(counts),
@@ -358,7 +361,7 @@ class Measurement:
         self._deferred = Deferred()
         self._moved = {}
         self._unknown = {}
-        if getattr(self, "linear_inputs", None) is not None:
+        if self.linear_inputs is not None:
             self.linear_inputs.discard()
 
     def restore(self, state: dict) -> None:

@@ -163,13 +163,14 @@ def measure_checkpoint(
         from maxact.calibration.exports import per_module
         from maxact.stages.calibration import LINEAR_INPUTS, save_linear_inputs, write_calibration
 
-        _, report = per_module(*linear, fill=s.fill_uncovered)
-        result["calibration"] = {"linear_inputs": LINEAR_INPUTS, "modules": len(linear[0]), "expert_sets": len(linear[1]),
-                                 "uncovered": report["uncovered"], "nonfinite": report["nonfinite"]}
         save_linear_inputs(out_dir / LINEAR_INPUTS, *linear, result["provenance"])
-        if write_exports and s.exports:
-            manifest = write_calibration(out_dir, *linear, s.exports, s.fill_uncovered, result)
-            result["calibration"].update(files=manifest["files"], filled=manifest["filled"])
+        if write_exports and s.exports:  # the manifest holds the coverage report: per_module runs once
+            report = write_calibration(out_dir, *linear, s.exports, s.fill_uncovered, result)
+        else:
+            report = per_module(*linear, fill=s.fill_uncovered)[1]
+        result["calibration"] = {"linear_inputs": LINEAR_INPUTS, "modules": len(linear[0]), "expert_sets": len(linear[1]),
+                                 "uncovered": report["uncovered"], "nonfinite": report["nonfinite"],
+                                 **({"files": report["files"], "filled": report["filled"]} if "files" in report else {})}
     atomic_save(out_dir / "per_sample_extremes.parquet", lambda tmp: per_sample.to_parquet(tmp, index=False))
     write_json(out_dir / "activation_stats.json", result)
     resume.remove()
