@@ -290,8 +290,13 @@ def main(argv=None):
         m1.remove()
         host_syncs = {"packed_bare": len(bare_syncs), "packed_measured": len(meas_syncs),
                       "measured_examples": sorted(set(meas_syncs))[:5]}
-        print(f"host syncs on one packed row: bare forward {len(bare_syncs)}, measured {len(meas_syncs)} "
-              f"{host_syncs['measured_examples']}", flush=True)
+        if a.calibration:
+            m2 = Measurement(model, len(samples), dev, full_kinds=fk, packing=method, linear_inputs=True)
+            run_batches(m2, samples, [packed[0]], 0)  # warm: the calibration path's first batch
+            cal_syncs = count_host_syncs(lambda: run_batches(m2, samples, [packed[0]], 0), dev)
+            m2.remove()
+            host_syncs.update(packed_measured_calibration=len(cal_syncs), calibration_examples=sorted(set(cal_syncs))[:5])
+        print(f"host syncs on one packed row: {host_syncs}", flush=True)
 
     res = {"preset": a.preset, "full_stats": a.full_stats, "kernel_backend": statistics_kernel(dev, dtype),
            "packing": {"setting": a.packing, "method": method, "why_padded": why or None,

@@ -64,8 +64,9 @@ def test_exports_read_back_by_their_consumers(tmp_path, model_type):
             assert list(s2.shape) == [ref[hf]["max_abs"].numel(), 1]  # GGUF dims (n_in, n_mat)
             assert torch.allclose(torch.from_numpy(s2.data.copy()).reshape(-1).double(), ref[hf]["sumsq"], rtol=1e-4)
             assert float(cnt.data.reshape(-1)[0]) == ref[hf]["count"]
-        else:  # a fused experts module's gate or up half: one row per expert
-            base = hf.rsplit(".", 1)[0]
+        else:  # a fused expert weight (gate and up halves share one input; down its own): one row per expert
+            module, weight = hf.rsplit(".", 1)
+            base = f"{module}.{'down_proj' if weight == 'down_proj' else 'gate_up_proj'}"
             n_exp = s2.shape[1]
             data = torch.from_numpy(s2.data.copy()).reshape(n_exp, -1).double()
             for e in range(n_exp):
@@ -73,6 +74,8 @@ def test_exports_read_back_by_their_consumers(tmp_path, model_type):
                 assert float(cnt.data.reshape(-1)[e]) == r["count"]
                 assert torch.allclose(data[e], torch.as_tensor(r["sumsq"], dtype=torch.float64), rtol=1e-4)
     assert held["names"], "no weight got a GGUF name"
+    if ref_experts:  # every expert weight llama.cpp quantizes has its entry: gate, up and down
+        assert {g.split(".")[2] for g in held["names"].values() if "_exps" in g} >= {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"}
 
 
 def test_uncovered_expert_is_listed_never_zero_unless_filled():
@@ -83,11 +86,13 @@ def test_uncovered_expert_is_listed_never_zero_unless_filled():
     st.count[:] = torch.tensor([5, 0, 2])
     st.sumsq[:] = 1.0
     st.sumabs[:] = 1.0
-    modules, report = X.per_module({}, {"model.layers.0.mlp.experts": st})
-    assert report["uncovered"] == ["model.layers.0.mlp.experts.1"] and "model.layers.0.mlp.experts.1" not in modules
-    modules, report = X.per_module({}, {"model.layers.0.mlp.experts": st}, fill="max_over_layer")
-    assert report["uncovered"] == [] and "model.layers.0.mlp.experts.1" in report["filled"]
-    assert modules["model.layers.0.mlp.experts.1"]["max_abs"].tolist() == [4.0, 3.0, 3.0, 4.0]
+    key = "model.layers.0.mlp.experts.gate_up_proj"
+    modules, report = X.per_module({}, {key: st})
+    assert report["uncovered"] == [f"{key}.1"] and f"{key}.1" not in modules
+    assert modules[f"{key}.0"]["fused"] == key and modules[f"{key}.2"]["expert"] == 2
+    modules, report = X.per_module({}, {key: st}, fill="max_over_layer")
+    assert report["uncovered"] == [] and f"{key}.1" in report["filled"]
+    assert modules[f"{key}.1"]["max_abs"].tolist() == [4.0, 3.0, 3.0, 4.0]
     with pytest.raises(ValueError, match="fill policy"):
         X.per_module({}, {}, fill="zeros")
 

@@ -93,7 +93,7 @@ def test_oom_at_batch_size_one_says_how_much_was_needed(setup, tmp_path, monkeyp
     assert not (tmp_path / "x" / "activation_stats.json").exists()
 
 
-def kill_during_batch(setup, out, monkeypatch, n: int) -> None:
+def kill_during_batch(setup, out, monkeypatch, n: int, **settings) -> None:
     """Run with a saved state every batch and kill the job in its ``n``-th forward (as a scheduler would)."""
     real_forward = Measurement.forward
     calls = {"n": 0}
@@ -106,7 +106,7 @@ def kill_during_batch(setup, out, monkeypatch, n: int) -> None:
 
     monkeypatch.setattr(Measurement, "forward", dying_forward)
     with pytest.raises(KeyboardInterrupt):
-        _run(setup, out, batch_size=2, checkpoint_every=1)
+        _run(setup, out, batch_size=2, checkpoint_every=1, **settings)
     assert (out / "partial_state.pt").exists()
     monkeypatch.setattr(Measurement, "forward", real_forward)
 
@@ -122,6 +122,41 @@ def test_interrupted_run_resumes_to_identical_results(setup, tmp_path, monkeypat
     assert not (out / "partial_state.pt").exists()
     pd.testing.assert_frame_equal(pd.read_parquet(out / "per_sample_extremes.parquet"),
                                   pd.read_parquet(tmp_path / "ref" / "per_sample_extremes.parquet"))
+
+
+def _linear_inputs(folder):
+    from maxact.stages.calibration import LINEAR_INPUTS, load_linear_inputs
+
+    stats, experts, _, not_recorded = load_linear_inputs(folder / LINEAR_INPUTS)
+    return {kind: {n: st.host() for n, st in table.items()} for kind, table in (("linear", stats), ("experts", experts))}, not_recorded
+
+
+def _assert_same_linear_inputs(a, b):
+    (ta, na), (tb, nb) = a, b
+    assert na == nb and ta.keys() == tb.keys()
+    for kind in ta:
+        assert ta[kind].keys() == tb[kind].keys() and ta[kind], kind
+        for n in ta[kind]:
+            for k, v in ta[kind][n].items():
+                assert torch.allclose(tb[kind][n][k].double(), v.double(), rtol=1e-5, atol=1e-6), (kind, n, k)
+
+
+def test_interrupted_calibration_resumes_to_the_same_linear_inputs(setup, tmp_path, monkeypatch):
+    """The linear layers' input statistics are part of the saved state: a resumed run counts every batch once."""
+    _run(setup, tmp_path / "ref", batch_size=2, linear_inputs=True)
+    out = tmp_path / "resumed"
+    kill_during_batch(setup, out, monkeypatch, 4, linear_inputs=True)
+    got = _run(setup, out, batch_size=2, checkpoint_every=1, linear_inputs=True)
+    assert got["provenance"]["resumed_from_batch"] == 3
+    _assert_same_linear_inputs(_linear_inputs(out), _linear_inputs(tmp_path / "ref"))
+
+
+def test_oom_halving_counts_linear_inputs_once(setup, tmp_path, monkeypatch):
+    _run(setup, tmp_path / "ref", linear_inputs=True)
+    inject_oom(monkeypatch, 2 * max(setup[1]["n_tokens"]), "layer_1_mlp_output")
+    got = _run(setup, tmp_path / "oom", linear_inputs=True)
+    assert got["provenance"]["oom_splits"]
+    _assert_same_linear_inputs(_linear_inputs(tmp_path / "oom"), _linear_inputs(tmp_path / "ref"))
 
 
 @pytest.mark.parametrize("changed", [{"full_stats": "all"}, {"topk": 7}, {"dtype": "bfloat16"}])

@@ -13,6 +13,7 @@ a C++ compiler), once, into the conversion cache. Then:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -86,15 +87,17 @@ def test_llama_cpp_reads_and_agrees_with_maxacts_imatrix(tmp_path):
                  "--device", "cpu", "--export", "imatrix", "--cache-dir", str(CACHE)]) == 0
     ours = tmp_path / "m" / "imatrix.gguf"
 
+    # The tools' shared libraries sit beside them: found also when the cache was built elsewhere and moved.
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(bin_dir), os.environ.get("LD_LIBRARY_PATH")]))}
     q = subprocess.run([str(bin_dir / "llama-quantize"), "--allow-requantize", "--imatrix", str(ours), str(model_gguf),
-                        str(tmp_path / "out.gguf"), "Q4_K_M"], capture_output=True, text=True)
+                        str(tmp_path / "out.gguf"), "Q4_K_M"], capture_output=True, text=True, env=env)
     assert q.returncode == 0, q.stderr[-2000:]
     log = q.stdout + q.stderr
     assert "imatrix" in log and (tmp_path / "out.gguf").stat().st_size > 0
 
     ref = tmp_path / "llama_imatrix.gguf"
     r = subprocess.run([str(bin_dir / "llama-imatrix"), "-m", str(model_gguf), "-f", str(tmp_path / "text.txt"), "-c", "128",
-                        "-o", str(ref), "--no-ppl"], capture_output=True, text=True)
+                        "-o", str(ref), "--no-ppl"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and ref.exists(), (r.stdout + r.stderr)[-2000:]
 
     def read(path):

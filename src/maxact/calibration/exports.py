@@ -61,20 +61,24 @@ def _fill_dead(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.where(dead, t[~dead].min(), t), n
 
 
-def per_module(stats: dict, experts: dict, fill: str = "none") -> tuple[dict, dict]:
-    """({name: {max_abs, sumsq, sumabs, count}} of every usable linear input (experts as ``name.E``), and the
-    report {uncovered: [...], filled: {...}, nonfinite: {...}})."""
+def per_module(stats: dict, experts: dict, fill: str = "none", not_recorded: dict | None = None) -> tuple[dict, dict]:
+    """({name: {max_abs, sumsq, sumabs, count, mean_abs, fused, expert}} of every usable linear input, and the
+    report {uncovered: [...], filled: {...}, nonfinite: {...}, dead_channels: {...}}). A fused expert weight's
+    input appears once per expert as ``<experts module>.<weight>.E`` with ``fused`` (the weight's key in
+    ``experts``) and ``expert`` set; an nn.Linear's has both ``None``. ``not_recorded`` (fused weights whose
+    input no hook reached, and why) passes into the report."""
     if fill not in FILL_POLICIES:
         raise ValueError(f"fill policy must be one of {', '.join(FILL_POLICIES)}, not {fill!r}")
     out, uncovered, filled, nonfinite, dead = {}, [], {}, {}, {}
 
-    def record(key, max_abs, sumsq, sumabs, count):
+    def record(key, max_abs, sumsq, sumabs, count, fused=None, expert=None):
         mx, n_dead = _fill_dead(max_abs.float())
         mean = sumabs / count.double() if sumabs is not None else None
         if n_dead:
             dead[key] = n_dead
             mean = _fill_dead(mean)[0] if mean is not None else None
-        out[key] = {"max_abs": mx, "sumsq": sumsq, "sumabs": sumabs, "count": count, "mean_abs": mean}
+        out[key] = {"max_abs": mx, "sumsq": sumsq, "sumabs": sumabs, "count": count, "mean_abs": mean,
+                    "fused": fused, "expert": expert}
 
     for name, st in sorted(stats.items()):
         h = st.host()
@@ -92,26 +96,29 @@ def per_module(stats: dict, experts: dict, fill: str = "none") -> tuple[dict, di
         for e in range(h["count"].shape[0]):
             key = f"{name}.{e}"
             if e in ok:
-                record(key, h["max_abs"][e], h["sumsq"][e], h["sumabs"][e], h["count"][e])
+                record(key, h["max_abs"][e], h["sumsq"][e], h["sumabs"][e], h["count"][e], fused=name, expert=e)
             elif fill == "max_over_layer" and ok:
                 mx = torch.stack([_fill_dead(h["max_abs"][j].float())[0] for j in ok]).amax(0)
-                out[key] = {"max_abs": mx, "sumsq": None, "sumabs": None, "count": torch.tensor(0), "mean_abs": None}
+                out[key] = {"max_abs": mx, "sumsq": None, "sumabs": None, "count": torch.tensor(0), "mean_abs": None,
+                            "fused": name, "expert": e}
                 filled[key] = f"max |x| over the {len(ok)} covered experts of {name}"
             else:
                 uncovered.append(key)
-    return out, {"uncovered": uncovered, "filled": filled, "nonfinite": nonfinite, "dead_channels": dead, "fill_policy": fill}
+    return out, {"uncovered": uncovered, "filled": filled, "nonfinite": nonfinite, "dead_channels": dead, "fill_policy": fill,
+                 "not_recorded": dict(not_recorded or {})}
 
 
 def _meta(provenance: dict, report: dict, what: str) -> dict[str, str]:
     return {"format": what, "provenance": json.dumps(provenance, sort_keys=True, default=str),
             "uncovered": json.dumps(report["uncovered"]), "filled": json.dumps(report["filled"]),
             "dead_channels": json.dumps(report.get("dead_channels", {})),
+            "not_recorded": json.dumps(report.get("not_recorded", {})),
             "fill_policy": report["fill_policy"]}
 
 
 def write_act_scales(path, modules: dict, report: dict, provenance: dict) -> None:
     """SmoothQuant's act_scales.pt (experts are not nn.Linear layers: not in this file)."""
-    scales = {n: m["max_abs"].float().cpu().contiguous() for n, m in modules.items() if not _is_expert(n)}
+    scales = {n: m["max_abs"].float().cpu().contiguous() for n, m in modules.items() if m["fused"] is None}
     check_scales(scales)
     atomic_save(path, lambda tmp: torch.save(scales, tmp))
     atomic_write_text(str(path) + ".json", json.dumps(_meta(provenance, report, "smoothquant act_scales"), indent=1))
@@ -121,7 +128,7 @@ def write_input_scales(folder, modules: dict, report: dict, provenance: dict) ->
     from safetensors.torch import save_file
 
     meta = _meta(provenance, report, "compressed-tensors static input_scale")
-    amax = {n: m["max_abs"].float() for n, m in modules.items() if not _is_expert(n)}
+    amax = {n: m["max_abs"].float() for n, m in modules.items() if m["fused"] is None}
     files = []
     for suffix, divisor in (("int8", INT8_DIVISOR), ("fp8", FP8_E4M3_MAX)):
         t = {f"{n}.input_scale": (a.max() / divisor).reshape(1).contiguous() for n, a in amax.items()}
@@ -144,10 +151,6 @@ def write_awq(path, modules: dict, report: dict, provenance: dict) -> None:
     atomic_save(path, lambda tmp: save_file(t, str(tmp), metadata=_meta(provenance, report, "awq mean |x|")))
 
 
-def _is_expert(name: str) -> bool:
-    return name.rsplit(".", 1)[-1].isdigit() and ".experts" in name
-
-
 def check_scales(tensors: dict) -> None:
     """No zero, NaN or inf scale ever reaches a file."""
     bad = [k for k, v in tensors.items() if not (torch.isfinite(v).all() and (v > 0).all())]
@@ -159,9 +162,10 @@ def check_scales(tensors: dict) -> None:
 GGUF_ARCH = {"llama": "LLAMA", "qwen2": "QWEN2", "qwen2_moe": "QWEN2MOE", "qwen3": "QWEN3", "qwen3_moe": "QWEN3MOE",
              "gemma": "GEMMA", "gemma2": "GEMMA2", "gemma3_text": "GEMMA3", "gemma3": "GEMMA3", "gpt_oss": "GPT_OSS",
              "qwen2_5_vl": "QWEN2VL", "qwen3_5": "QWEN35", "qwen3_5_moe": "QWEN35MOE"}
-# A fused experts module's input feeds both halves of its gate_up weight: llama.cpp's converters split it into
-# ffn_gate_exps and ffn_up_exps (gpt-oss interleaved, Qwen-MoE by halves; the input is the same either way).
-_EXPERT_SPLIT = ("gate_proj", "up_proj")
+# The GGUF weights a fused expert weight's input feeds: llama.cpp's converters split gate_up into ffn_gate_exps
+# and ffn_up_exps (gpt-oss interleaved, Qwen-MoE by halves; the input is the same either way), and some
+# architectures keep it fused (ffn_gate_up_exps): every name the architecture's map knows gets the entry.
+_FUSED_AS = {"gate_up_proj": ("gate_proj", "up_proj", "gate_up_proj"), "down_proj": ("down_proj",)}
 
 
 def gguf_name(tmap, hf_name: str) -> str | None:
@@ -185,9 +189,8 @@ def write_imatrix(path, modules: dict, report: dict, provenance: dict, family: s
     names, unmapped = {}, []
     experts: dict[str, dict[int, dict]] = {}
     for n, m in modules.items():
-        if _is_expert(n):
-            base, e = n.rsplit(".", 1)
-            experts.setdefault(base, {})[int(e)] = m
+        if m["fused"] is not None:
+            experts.setdefault(m["fused"], {})[m["expert"]] = m
             continue
         g = gguf_name(tmap, n)
         if g is None:
@@ -195,8 +198,8 @@ def write_imatrix(path, modules: dict, report: dict, provenance: dict, family: s
             continue
         names[n] = g
         entries[g] = (m["sumsq"].double().numpy()[None, :].astype(np.float32), np.array([[float(m["count"])]], dtype=np.float32))
-    for base, by_e in experts.items():
-        n_exp = max(max(by_e) + 1, max((int(k.rsplit(".", 1)[1]) + 1 for k in report["uncovered"] if k.startswith(base + ".")), default=0))
+    for fused, by_e in experts.items():
+        n_exp = max(max(by_e) + 1, max((int(k.rsplit(".", 1)[1]) + 1 for k in report["uncovered"] if k.startswith(fused + ".")), default=0))
         width = next(iter(by_e.values()))["max_abs"].numel()
         s2 = np.zeros((n_exp, width), dtype=np.float32)
         cnt = np.zeros((n_exp, 1), dtype=np.float32)
@@ -204,13 +207,16 @@ def write_imatrix(path, modules: dict, report: dict, provenance: dict, family: s
             if m["sumsq"] is not None:  # a filled expert has no sums: count 0, llama.cpp then weighs it 1.0
                 s2[e] = m["sumsq"].double().numpy()
                 cnt[e, 0] = float(m["count"])
-        for half in _EXPERT_SPLIT:
-            g = gguf_name(tmap, f"{base}.{half}")
-            if g is None:
-                unmapped.append(f"{base}.{half}")
-                continue
-            names[f"{base}.{half}"] = g
-            entries[g] = (s2, cnt)
+        module, weight = fused.rsplit(".", 1)
+        held = 0
+        for as_name in _FUSED_AS[weight]:
+            g = gguf_name(tmap, f"{module}.{as_name}")
+            if g is not None:
+                names[f"{module}.{as_name}"] = g
+                entries[g] = (s2, cnt)
+                held += 1
+        if not held:
+            unmapped.append(fused)
 
     class _Writer(gguf.GGUFWriter):
         def add_architecture(self) -> None:  # llama-imatrix writes no general.architecture
@@ -225,6 +231,7 @@ def write_imatrix(path, modules: dict, report: dict, provenance: dict, family: s
         w.add_string("maxact.provenance", json.dumps(provenance, sort_keys=True, default=str))
         w.add_string("maxact.uncovered", json.dumps(report["uncovered"]))
         w.add_string("maxact.filled", json.dumps(report["filled"]))
+        w.add_string("maxact.not_recorded", json.dumps(report.get("not_recorded", {})))
         for g, (s2, cnt) in sorted(entries.items()):
             w.add_tensor(f"{g}.in_sum2", s2)
             w.add_tensor(f"{g}.counts", cnt)

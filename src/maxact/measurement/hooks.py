@@ -243,7 +243,8 @@ class Measurement:
             if lp.moe_block is not None:
                 mod = getattr(lp.moe_block, self.family.moe.experts, None)
                 if mod is not None and isinstance(getattr(mod, "gate_up_proj", None), torch.nn.Parameter):
-                    experts.append((mod, lp.num_experts or int(mod.gate_up_proj.shape[0])))
+                    experts.append((mod, lp.num_experts or int(mod.gate_up_proj.shape[0]),
+                                    getattr(getattr(mod, "config", None), "_experts_implementation", None)))
         self.linear_inputs = LinearInputs(self.backbone, names, lambda x: self._info_for(x).valid.reshape(-1), experts)
 
     def _rows_on(self, device) -> torch.Tensor:
@@ -336,10 +337,13 @@ class Measurement:
 
     # ------------------------------------------------------- state (resume/OOM)
     def state(self) -> dict:
-        return {
+        state = {
             "points": {k: v.state_dict() for k, v in self.points.items()},
             "expert_counts": dict(self.expert_counts),
         }
+        if self.linear_inputs is not None:
+            state["linear_inputs"] = self.linear_inputs.state()
+        return state
 
     def host_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Every point's statistics on the host, in one device-to-host transfer per (device, dtype)
@@ -374,5 +378,7 @@ class Measurement:
             ps = self.points.get(k) or self._stats(k, dev)
             ps.load_state_dict(st)
         self.expert_counts = {int(k): v.to(self.device) for k, v in state["expert_counts"].items()}
+        if self.linear_inputs is not None:
+            self.linear_inputs.restore(state["linear_inputs"], self.device)
 
 

@@ -2,11 +2,15 @@
 
 For each ``nn.Linear`` of the text backbone: max |x|, sum x^2, sum |x| per input channel, the token count and
 the non-finite count (NaN/Inf never enter a statistic). A tensor feeding several linears (q/k/v, gate/up) is
-reduced once per batch and its partials added to each. Fused 3-D MoE experts (``gate_up_proj`` of shape
-[E, ...]) get one record per expert over the tokens routed to it, from the experts module's input and routing.
+reduced once per batch and its partials added to each. Fused 3-D MoE experts get one record per expert and
+fused weight over the tokens routed to it: ``<experts>.gate_up_proj`` from the experts module's input and
+routing, ``<experts>.down_proj`` from the output of its ``_apply_gate`` (the gated activation the down
+projection multiplies), whose rows transformers' grouped_mm lays out sorted by expert and batched_mm in routing
+order (:data:`GATE_ROW_ORDER`); the per-expert loop of ``eager`` computes it inline, out of reach of a hook.
 
 Everything stays on the device and is updated with tensor ops (no host sync); padding rows are excluded
-through the measurement's token facts, and packed rows are all real.
+through the measurement's token facts, and packed rows are all real. On CUDA one Triton kernel
+(:mod:`maxact.measurement.kernels.column_stats`) reads each input once; elsewhere torch ops compute the same.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from maxact.measurement.kernels.column_stats import column_stats
 
 
 @dataclass
@@ -24,7 +30,7 @@ class ChannelStats:
     sumsq: torch.Tensor
     sumabs: torch.Tensor
     count: torch.Tensor  # int64 [] or [E]: rows (tokens) seen
-    nonfinite: torch.Tensor  # int64 []: NaN/Inf elements refused
+    nonfinite: torch.Tensor  # int64 []: NaN/Inf elements refused (for experts: per routed copy)
     names: list[str] = field(default_factory=list)
 
     @classmethod
@@ -34,6 +40,9 @@ class ChannelStats:
                    torch.zeros(shape[:-1], dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device))
 
     def add(self, part: "ChannelStats") -> None:
+        if part.max_abs.device != self.max_abs.device:  # restored from a resume file onto another device: follow
+            for k in ("max_abs", "sumsq", "sumabs", "count", "nonfinite"):  # the activations, once
+                setattr(self, k, getattr(self, k).to(part.max_abs.device))
         torch.maximum(self.max_abs, part.max_abs, out=self.max_abs)
         self.sumsq += part.sumsq
         self.sumabs += part.sumabs
@@ -46,29 +55,41 @@ class ChannelStats:
 
 def dense_partial(x: torch.Tensor, valid: torch.Tensor) -> ChannelStats:
     """One input's partials: rows of ``x`` [N, C] where ``valid`` [N]; non-finite elements count apart."""
-    xf = x.float()
-    finite = torch.isfinite(xf)
-    keep = finite & valid[:, None]
-    a = torch.where(keep, xf, 0.0).abs_()
-    return ChannelStats(a.amax(0), a.square().sum(0, dtype=torch.float64), a.sum(0, dtype=torch.float64),
-                        valid.sum(), (~finite & valid[:, None]).sum())
+    mx, sq, ab, nonfinite = column_stats(x, valid=valid)
+    return ChannelStats(mx[0], sq[0], ab[0], valid.sum(), nonfinite)
+
+
+def _per_expert(x: torch.Tensor, ids: torch.Tensor, n_experts: int, rows_of=None) -> ChannelStats:
+    """Partials per expert of the rows ``ids`` [S] assigns (row ``s`` is ``x[rows_of(perm)[s]]``): sorted by
+    expert first, so that the kernel flushes each expert's sums once per range of rows."""
+    ids = ids.reshape(-1)
+    sorted_ids, perm = torch.sort(ids)
+    rows = perm if rows_of is None else rows_of(perm)
+    mx, sq, ab, nonfinite = column_stats(x, rows=rows, groups=sorted_ids, n_groups=n_experts)
+    count = torch.zeros(n_experts, dtype=torch.int64, device=x.device).index_add_(0, ids.long(), torch.ones_like(ids, dtype=torch.int64))
+    return ChannelStats(mx, sq, ab, count, nonfinite)
+
+
+def routed_partial(x: torch.Tensor, experts: torch.Tensor, n_experts: int, presorted: bool = False) -> ChannelStats:
+    """Per-expert partials of rows ``x`` [S, C] each belonging to one expert ``experts`` [S] (the down
+    projection's input, one row per routed copy); ``presorted``: the rows already come in expert order."""
+    if not presorted:
+        return _per_expert(x, experts, n_experts)
+    mx, sq, ab, nonfinite = column_stats(x, groups=experts, n_groups=n_experts)
+    count = torch.zeros(n_experts, dtype=torch.int64, device=x.device).index_add_(0, experts.long(), torch.ones_like(experts, dtype=torch.int64))
+    return ChannelStats(mx, sq, ab, count, nonfinite)
+
+
+#: How transformers' experts forwards (integrations/moe.py) order the rows they pass to ``_apply_gate``:
+#: grouped_mm sorts the routed (token, slot) pairs by expert, batched_mm keeps them as ``top_k_index.reshape(-1)``.
+GATE_ROW_ORDER = {"grouped_mm": "sorted", "batched_mm": "routing"}
 
 
 def expert_partial(x: torch.Tensor, experts: torch.Tensor, n_experts: int) -> ChannelStats:
     """Per-expert partials of the rows ``x`` [N, C] routed to ``experts`` [N, k] (each row once per expert
-    that receives it): sums by a one-hot matmul, maxima by a scatter over the routed copies."""
-    xf = x.float()
-    finite = torch.isfinite(xf)
-    a = torch.where(finite, xf, 0.0).abs_()
-    onehot = torch.zeros((x.shape[0], n_experts), dtype=torch.float64, device=x.device)
-    onehot.scatter_(1, experts.long(), 1.0)  # a token routed twice to one expert does not happen (top-k)
-    sumsq = onehot.T @ a.double().square()
-    sumabs = onehot.T @ a.double()
+    that receives it; top-k never routes a token twice to one expert)."""
     k = experts.shape[1]
-    src = a.repeat_interleave(k, 0)
-    mx = torch.zeros((n_experts, x.shape[1]), dtype=torch.float32, device=x.device)
-    mx.index_reduce_(0, experts.reshape(-1).long(), src, "amax", include_self=True)
-    return ChannelStats(mx, sumsq, sumabs, onehot.sum(0).long(), (~finite).sum())
+    return _per_expert(x, experts, n_experts, rows_of=lambda perm: perm // k)
 
 
 class LinearInputs:
@@ -78,8 +99,12 @@ class LinearInputs:
     """
 
     def __init__(self, backbone: torch.nn.Module, names: dict[torch.nn.Module, str], valid_for, expert_modules=()):
+        """``expert_modules``: (fused experts module, number of experts, its experts implementation)."""
         self.stats: dict[str, ChannelStats] = {}
-        self.experts: dict[str, ChannelStats] = {}
+        self.experts: dict[str, ChannelStats] = {}  # keyed "<experts module>.gate_up_proj" / ".down_proj"
+        self.not_recorded: dict[str, str] = {}  # fused weight -> why its input has no record
+        self._routes: dict[torch.nn.Module, torch.Tensor] = {}  # the routing of an experts module's current call
+        self._gated: list[tuple] = []  # (experts module whose _apply_gate is wrapped here, what it had before)
         self._valid_for = valid_for
         self._handles = []
         # The last input seen and its partial: q/k/v (gate/up) are called one after the other on the same tensor,
@@ -89,8 +114,22 @@ class LinearInputs:
         for mod in backbone.modules():
             if isinstance(mod, torch.nn.Linear) and mod in names:
                 self._handles.append(mod.register_forward_pre_hook(self._linear_hook(names[mod])))
-        for mod, n_experts in expert_modules:
-            self._handles.append(mod.register_forward_pre_hook(self._expert_hook(names[mod], n_experts), with_kwargs=True))
+        try:
+            for mod, n_experts, implementation in expert_modules:
+                name = names[mod]
+                self._handles.append(mod.register_forward_pre_hook(self._expert_hook(mod, name, n_experts), with_kwargs=True))
+                order = GATE_ROW_ORDER.get(implementation)
+                if order is None or not hasattr(mod, "_apply_gate"):
+                    self.not_recorded[f"{name}.down_proj"] = (
+                        f"transformers ran these experts with experts_implementation {implementation!r}, which computes "
+                        "the down projection's input where no hook reaches it (eager: inside its per-expert loop); it is "
+                        "recorded under grouped_mm (transformers' default where the model class supports it) or batched_mm: "
+                        "load the model with experts_implementation='grouped_mm'")
+                else:
+                    self._wrap_gate(mod, f"{name}.down_proj", n_experts, order)
+        except Exception:
+            self.remove()  # nothing half-installed stays on the model
+            raise
 
     def _linear_hook(self, name: str):
         def hook(m, args):
@@ -105,19 +144,45 @@ class LinearInputs:
 
         return hook
 
-    def _expert_hook(self, name: str, n_experts: int):
+    def _expert_hook(self, mod: torch.nn.Module, name: str, n_experts: int):
         def hook(m, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
             idx = args[1] if len(args) > 1 else next(v for k, v in kwargs.items() if k in ("top_k_index", "router_indices"))
             x2 = x.reshape(-1, x.shape[-1])
-            part = expert_partial(x2, idx.reshape(x2.shape[0], -1), n_experts)
-            self._pending.append((self.experts, name, (n_experts, x2.shape[-1]), part))
+            idx = idx.reshape(x2.shape[0], -1)
+            self._routes[mod] = idx
+            part = expert_partial(x2, idx, n_experts)
+            self._pending.append((self.experts, f"{name}.gate_up_proj", (n_experts, x2.shape[-1]), part))
 
         return hook
+
+    def _wrap_gate(self, mod: torch.nn.Module, key: str, n_experts: int, order: str) -> None:
+        """Wrap the module's ``_apply_gate`` (an instance attribute, shadowing the class's) so that its output,
+        the down projection's input, is reduced per expert."""
+        apply_gate = mod._apply_gate
+        before = mod.__dict__.get("_apply_gate")  # an instance attribute someone else set, restored by remove()
+
+        def gated(gate_up: torch.Tensor) -> torch.Tensor:
+            out = apply_gate(gate_up)
+            ids = self._routes[mod].reshape(-1)
+            if order == "sorted":
+                ids = torch.sort(ids).values
+            o2 = out.reshape(-1, out.shape[-1])
+            if o2.shape[0] != ids.shape[0]:
+                raise RuntimeError(f"{key}: _apply_gate got {o2.shape[0]} rows for {ids.shape[0]} routed tokens, so this "
+                                   f"experts implementation ({order} rows expected) lays them out otherwise; measure without "
+                                   "measure.linear_inputs/exports, or load the model with experts_implementation='grouped_mm'")
+            part = routed_partial(o2, ids, n_experts, presorted=order == "sorted")
+            self._pending.append((self.experts, key, (n_experts, o2.shape[-1]), part))
+            return out
+
+        mod._apply_gate = gated
+        self._gated.append((mod, before))
 
     def flush(self) -> None:
         """Commit the batch's partials (its forward completed)."""
         pending, self._pending, self._last = self._pending, [], None
+        self._routes.clear()
         for table, name, shape, part in pending:
             st = table.get(name)
             if st is None:
@@ -127,8 +192,28 @@ class LinearInputs:
     def discard(self) -> None:
         """Drop the batch's partials (out of memory: it is run again)."""
         self._pending, self._last = [], None
+        self._routes.clear()
+
+    _FIELDS = ("max_abs", "sumsq", "sumabs", "count", "nonfinite")
+
+    def state(self) -> dict:
+        """The committed statistics, for a resume file (tensors stay where they are)."""
+        return {kind: {n: {k: getattr(st, k) for k in self._FIELDS} for n, st in table.items()}
+                for kind, table in (("linear", self.stats), ("experts", self.experts))}
+
+    def restore(self, state: dict, device) -> None:
+        for kind, table in (("linear", self.stats), ("experts", self.experts)):
+            table.clear()
+            for n, d in state[kind].items():
+                table[n] = ChannelStats(**{k: d[k].to(device) for k in self._FIELDS})
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for mod, before in self._gated:
+            if before is None:
+                del mod._apply_gate  # the class's method again
+            else:
+                mod._apply_gate = before
+        self._gated.clear()

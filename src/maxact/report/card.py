@@ -61,7 +61,7 @@ def build_card(result: dict, int8: dict | None, calibration: dict | None = None)
     if calibration is not None:
         card["calibration"] = {"dir": calibration.get("dir"), "files": calibration.get("files", []),
                                "uncovered": calibration.get("uncovered", []), "filled": calibration.get("filled", {}),
-                               "fill_policy": calibration.get("fill_policy")}
+                               "fill_policy": calibration.get("fill_policy"), "not_recorded": calibration.get("not_recorded", {})}
     return card
 
 
@@ -99,6 +99,8 @@ def card_markdown(card: dict) -> str:
             lines.append("- Every linear layer and expert got calibration tokens.")
         if cal["filled"]:
             lines.append(f"- Filled ({cal['fill_policy']}): " + ", ".join(f"`{k}`" for k in cal["filled"]))
+        for k, why in (cal.get("not_recorded") or {}).items():
+            lines.append(f"- Not recorded: `{k}` ({why})")
     lines += ["", "Measured with maxact (symmetric INT-8 of the peak-layer hidden state; verdict: >= 20 dB fine, >= 10 dB degraded, else unusable)."]
     return "\n".join(lines) + "\n"
 

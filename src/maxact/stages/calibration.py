@@ -1,7 +1,8 @@
 """Stage ``calibration``: the calibration files of one checkpoint from its recorded linear-layer inputs.
 
 The ``measure`` stage saves the raw statistics (``linear_inputs.safetensors``: per module or fused experts
-set, max |x|, sum x^2, sum |x|, token and non-finite counts); this stage turns them into the files of
+weight, max |x|, sum x^2, sum |x|, token and non-finite counts, and which fused weights' inputs no hook
+reached); this stage turns them into the files of
 ``measure.exports`` (:mod:`maxact.calibration.exports`), each with the measurement's provenance, and a
 ``calibration.json`` manifest (files, uncovered experts, filled scales, non-finite counts). The ``calibration``
 rule and ``maxact measure --export`` both call :func:`write_calibration`.
@@ -21,7 +22,7 @@ MANIFEST = "calibration.json"
 _STATS = ("max_abs", "sumsq", "sumabs", "count", "nonfinite")
 
 
-def save_linear_inputs(path: Path, stats: dict, experts: dict, provenance: dict) -> None:
+def save_linear_inputs(path: Path, stats: dict, experts: dict, provenance: dict, not_recorded: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {}
@@ -29,11 +30,12 @@ def save_linear_inputs(path: Path, stats: dict, experts: dict, provenance: dict)
         for name, st in table.items():
             for key, t in st.host().items():
                 tensors[f"{kind}:{name}:{key}"] = t.contiguous()
-    atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata={"provenance": json.dumps(provenance, default=str)}))
+    meta = {"provenance": json.dumps(provenance, default=str), "not_recorded": json.dumps(not_recorded or {})}
+    atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def load_linear_inputs(path: Path) -> tuple[dict, dict, dict]:
-    """(linear stats, experts stats, provenance) as saved by :func:`save_linear_inputs`."""
+def load_linear_inputs(path: Path) -> tuple[dict, dict, dict, dict]:
+    """(linear stats, experts stats, provenance, not recorded) as saved by :func:`save_linear_inputs`."""
     from safetensors import safe_open
 
     tables: dict = {"linear": {}, "experts": {}}
@@ -43,10 +45,11 @@ def load_linear_inputs(path: Path) -> tuple[dict, dict, dict]:
             kind, name, stat = key.split(":")
             tables[kind].setdefault(name, {})[stat] = f.get_tensor(key)
     out = [{n: ChannelStats(**{k: d[k] for k in _STATS}) for n, d in tables[k].items()} for k in ("linear", "experts")]
-    return out[0], out[1], json.loads(meta.get("provenance", "{}"))
+    return out[0], out[1], json.loads(meta.get("provenance", "{}")), json.loads(meta.get("not_recorded", "{}"))
 
 
-def write_calibration(out_dir: Path, stats: dict, experts: dict, exports, fill: str, result: dict) -> dict:
+def write_calibration(out_dir: Path, stats: dict, experts: dict, exports, fill: str, result: dict,
+                      not_recorded: dict | None = None) -> dict:
     """The files of ``exports`` in ``out_dir`` from the statistics, with ``result``'s provenance; the manifest."""
     unknown = sorted(set(exports) - set(X.EXPORTS))
     if unknown:
@@ -59,7 +62,7 @@ def write_calibration(out_dir: Path, stats: dict, experts: dict, exports, fill: 
                   "corpus_sha256": prov_src.get("corpus_sha256"), "tokens": result.get("num_tokens"),
                   "samples": result.get("num_samples"), "fill_uncovered": fill, "dtype": (prov_src.get("settings") or {}).get("dtype"),
                   "libraries": (prov_src.get("environment") or {}).get("libraries")}
-    modules, report = X.per_module(stats, experts, fill=fill)
+    modules, report = X.per_module(stats, experts, fill=fill, not_recorded=not_recorded)
     files: list[str] = []
     extra: dict = {}
     if "smoothquant" in exports:
@@ -77,13 +80,14 @@ def write_calibration(out_dir: Path, stats: dict, experts: dict, exports, fill: 
         files.append("imatrix.gguf")
         extra["imatrix_unmapped"] = held["unmapped"]
     manifest = {"files": files, "exports": list(exports), **report, **extra, "provenance": provenance,
-                "modules": sum(1 for n in modules if not X._is_expert(n)), "experts": sum(1 for n in modules if X._is_expert(n))}
+                "modules": sum(1 for m in modules.values() if m["fused"] is None),
+                "experts": sum(1 for m in modules.values() if m["fused"] is not None)}
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 
 
 def run_calibration(linear_path: Path, stats_json: Path, out_dir: Path, exports, fill: str) -> dict:
     """The rule's path: statistics and result read back from the measure stage's files."""
-    stats, experts, _ = load_linear_inputs(Path(linear_path))
+    stats, experts, _, not_recorded = load_linear_inputs(Path(linear_path))
     result = json.loads(Path(stats_json).read_text())
-    return write_calibration(out_dir, stats, experts, exports, fill, result)
+    return write_calibration(out_dir, stats, experts, exports, fill, result, not_recorded)

@@ -86,12 +86,16 @@ def measure_checkpoint(
                        linear_inputs=s.records_linear_inputs)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
+    text_cfg = getattr(model.config, "text_config", None) or model.config
     # Everything that shapes the statistics: a saved state taken with another value is not resumed.
     identity = {"checkpoint": prepared["name"], "model_id": prepared.get("model_id"), "revision": prepared.get("revision"),
                 "source": prepared.get("source"), "random_seed": prepared.get("random_seed"), "gguf": prepared.get("gguf"),
                 "corpus_sha256": corpus_sha256, "tokenizer_sha256": fp,
                 "dtype": dtype, "device_type": device.type, "attn_implementation": s.attn_implementation,
-                "full_stats": s.full_stats, "topk": s.topk, "packing": packing, "linear_inputs": s.records_linear_inputs}
+                "full_stats": s.full_stats, "topk": s.topk, "packing": packing,
+                # v2: the state holds the linear inputs (older files lack them); the experts implementation decides
+                # whether the fused experts' down projections are recorded
+                "linear_inputs": f"v2:{getattr(text_cfg, '_experts_implementation', None)}" if s.records_linear_inputs else False}
     resume = ResumeFile(out_dir, s.checkpoint_every, batches, identity)
     start = resume.restore(meas, device)
 
@@ -108,11 +112,11 @@ def measure_checkpoint(
         result_core = assemble_result(meas, sample_ids, decode=lambda i: tok.decode([i]), host=host)
         per_sample = per_sample_table(meas, sample_ids, host=host)
         kernels = kernels_used(model)  # while the hooks are on: the attention the batches ran with
-        linear = (meas.linear_inputs.stats, meas.linear_inputs.experts) if meas.linear_inputs is not None else None
+        li = meas.linear_inputs
+        linear = (li.stats, li.experts, li.not_recorded) if li is not None else None
     finally:
         meas.remove()  # hooks off, the model's own attention (and conv) back, also after an error
 
-    text_cfg = getattr(model.config, "text_config", None) or model.config
     result = {
         "checkpoint": prepared["name"],
         "model_name": prepared.get("model_id") or prepared["name"],
@@ -163,13 +167,15 @@ def measure_checkpoint(
         from maxact.calibration.exports import per_module
         from maxact.stages.calibration import LINEAR_INPUTS, save_linear_inputs, write_calibration
 
-        save_linear_inputs(out_dir / LINEAR_INPUTS, *linear, result["provenance"])
+        stats, experts, not_recorded = linear
+        save_linear_inputs(out_dir / LINEAR_INPUTS, stats, experts, result["provenance"], not_recorded)
         if write_exports and s.exports:  # the manifest holds the coverage report: per_module runs once
-            report = write_calibration(out_dir, *linear, s.exports, s.fill_uncovered, result)
+            report = write_calibration(out_dir, stats, experts, s.exports, s.fill_uncovered, result, not_recorded)
         else:
-            report = per_module(*linear, fill=s.fill_uncovered)[1]
-        result["calibration"] = {"linear_inputs": LINEAR_INPUTS, "modules": len(linear[0]), "expert_sets": len(linear[1]),
+            report = per_module(stats, experts, fill=s.fill_uncovered, not_recorded=not_recorded)[1]
+        result["calibration"] = {"linear_inputs": LINEAR_INPUTS, "modules": len(stats), "fused_expert_weights": len(experts),
                                  "uncovered": report["uncovered"], "nonfinite": report["nonfinite"],
+                                 "not_recorded": report["not_recorded"],
                                  **({"files": report["files"], "filled": report["filled"]} if "files" in report else {})}
     atomic_save(out_dir / "per_sample_extremes.parquet", lambda tmp: per_sample.to_parquet(tmp, index=False))
     write_json(out_dir / "activation_stats.json", result)

@@ -1,0 +1,158 @@
+"""Per-channel (column) statistics of a linear layer's input, optionally per group of rows (MoE experts).
+
+The contract (:func:`column_stats`, both implementations): for rows ``x[rows[s]]`` (or ``x[s]``) of a
+``[M, C]`` activation, ``s < S``, those with ``valid[s]``, each belonging to group ``groups[s]`` in
+``[0, G)`` (or all to group 0):
+
+* ``max_abs`` [G, C] float32: max |x| over the finite elements (0 where none);
+* ``sumsq`` / ``sumabs`` [G, C] float32: sums of x^2 and |x| over the finite elements (partials of one
+  batch; the running totals are float64);
+* ``nonfinite`` [] int64: NaN/Inf elements of the counted rows (left out of every statistic).
+
+The Triton kernel reads each row once (no float32 copy, no temporaries): a program takes a block of
+channels and a contiguous range of rows, keeps running sums for the group it is in and flushes them with
+atomics when the group changes, so rows sorted by group (what :func:`routed` and :func:`grouped` pass it)
+cost one flush per group and range. The torch reference materialises float32 copies (the CPU path).
+Neither synchronises the device or branches on values on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from maxact.measurement.kernels.common import sm_count
+from maxact.measurement.kernels.triton import INTERPRET, TRITON_AVAILABLE, tl, triton
+
+# Launch configurations (rows per tile, channels per program, warps, programs per SM), the fastest of
+# benchmarks/bench_column_stats.py on an H200 (benchmarks/measured/h200-2026-12-02b/bench_column_stats.txt):
+# dense inputs 1.55-1.75x one read of the tensor ([65536, 12288] / [65536, 4096] bf16), rows gathered or
+# grouped by expert (MoE) 16,128,8,8 is up to 1.7x slower than 32,64,4,8. MAXACT_COLUMN_STATS overrides both.
+CONFIG = (16, 128, 8, 8)
+CONFIG_GROUPED = (32, 64, 4, 8)
+if os.environ.get("MAXACT_COLUMN_STATS"):
+    CONFIG = CONFIG_GROUPED = tuple(int(v) for v in os.environ["MAXACT_COLUMN_STATS"].split(","))
+
+
+def supports(x: torch.Tensor) -> bool:
+    return TRITON_AVAILABLE and (x.is_cuda or INTERPRET) and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
+
+
+if TRITON_AVAILABLE:
+
+    @triton.jit
+    def _flush(max_ptr, sq_ptr, abs_ptr, g, C, cols, cmask, mx, sq, ab):
+        off = g * C + cols  # G x C < 2**31
+        tl.atomic_max(max_ptr + off, mx, mask=cmask)  # non-negative floats: max as floats
+        tl.atomic_add(sq_ptr + off, sq, mask=cmask)
+        tl.atomic_add(abs_ptr + off, ab, mask=cmask)
+
+    @triton.jit
+    def _column_stats_kernel(x_ptr, rows_ptr, groups_ptr, valid_ptr, max_ptr, sq_ptr, abs_ptr, nonfinite_ptr,
+                             S, C, stride_x, tiles_per_prog,
+                             HAS_ROWS: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_VALID: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid_c = tl.program_id(0)
+        pid_r = tl.program_id(1)
+        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        start = pid_r * tiles_per_prog * BLOCK_N
+        # Element-wise running accumulators: the reductions over rows happen once per flush, not per tile.
+        acc_mx = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        acc_sq = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        acc_ab = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        nonfinite = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.int32)
+        cur = tl.full([], 0, tl.int32)
+        if HAS_GROUPS:
+            cur = tl.load(groups_ptr + start).to(tl.int32)
+        for t in range(0, tiles_per_prog):
+            r = start + t * BLOCK_N + tl.arange(0, BLOCK_N)
+            rmask = r < S
+            if HAS_VALID:
+                rmask = rmask & (tl.load(valid_ptr + r, mask=rmask, other=0) != 0)
+            if HAS_ROWS:
+                src = tl.load(rows_ptr + r, mask=rmask, other=0).to(tl.int64)
+            else:
+                src = r.to(tl.int64)
+            m = rmask[:, None] & cmask[None, :]
+            a = tl.abs(tl.load(x_ptr + src[:, None] * stride_x + cols[None, :], mask=m, other=0.0).to(tl.float32))
+            fin = a < float("inf")  # false for NaN and Inf
+            nonfinite += (m & ~fin).to(tl.int32)
+            a = tl.where(fin, a, 0.0)  # masked-out elements loaded as 0
+            if HAS_GROUPS:
+                g = tl.load(groups_ptr + r, mask=rmask, other=0).to(tl.int32)
+                lo = tl.min(tl.where(rmask, g, 2147483647), axis=0)
+                hi = tl.max(tl.where(rmask, g, -1), axis=0)
+                if (lo == cur) & (hi == cur):  # the whole tile in the running group
+                    acc_mx = tl.maximum(acc_mx, a)
+                    acc_sq += a * a
+                    acc_ab += a
+                elif hi >= 0:  # the group changes in this tile: flush, then each group of the tile
+                    _flush(max_ptr, sq_ptr, abs_ptr, cur, C, cols, cmask,
+                           tl.max(acc_mx, axis=0), tl.sum(acc_sq, axis=0), tl.sum(acc_ab, axis=0))
+                    for gi in range(lo, hi):
+                        ag = tl.where((g == gi)[:, None], a, 0.0)
+                        _flush(max_ptr, sq_ptr, abs_ptr, gi, C, cols, cmask,
+                               tl.max(ag, axis=0), tl.sum(ag * ag, axis=0), tl.sum(ag, axis=0))
+                    ag = tl.where((g == hi)[:, None], a, 0.0)
+                    acc_mx = ag
+                    acc_sq = ag * ag
+                    acc_ab = ag
+                    cur = hi
+            else:
+                acc_mx = tl.maximum(acc_mx, a)
+                acc_sq += a * a
+                acc_ab += a
+        _flush(max_ptr, sq_ptr, abs_ptr, cur, C, cols, cmask,
+               tl.max(acc_mx, axis=0), tl.sum(acc_sq, axis=0), tl.sum(acc_ab, axis=0))
+        tl.atomic_add(nonfinite_ptr, tl.sum(tl.sum(nonfinite, axis=1), axis=0))
+
+
+def column_stats_reference(x, rows=None, groups=None, n_groups: int = 1, valid=None):
+    """The contract in plain torch (float32 copies of the rows)."""
+    xs = x if rows is None else x.index_select(0, rows)
+    xf = xs.float()
+    finite = torch.isfinite(xf)
+    keep = finite if valid is None else finite & valid[:, None]
+    a = torch.where(keep, xf, 0.0).abs_()
+    bad = ~finite if valid is None else ~finite & valid[:, None]
+    shape = (n_groups, x.shape[1])
+    if groups is None:
+        return a.amax(0, keepdim=True) if len(a) else a.new_zeros(shape), a.square().sum(0, keepdim=True), a.sum(0, keepdim=True), bad.sum()
+    ids = groups.long()
+    mx = a.new_zeros(shape).index_reduce_(0, ids, a, "amax", include_self=True)
+    return mx, a.new_zeros(shape).index_add_(0, ids, a.square()), a.new_zeros(shape).index_add_(0, ids, a), bad.sum()
+
+
+@torch.no_grad()
+def column_stats(x: torch.Tensor, rows=None, groups=None, n_groups: int = 1, valid=None, config=None):
+    """(max_abs, sumsq, sumabs, nonfinite) as in the module docstring; the kernel where it runs
+    (``config``: (rows per tile, channels per program, warps, programs per SM), default :data:`CONFIG`, or
+    :data:`CONFIG_GROUPED` with groups)."""
+    block_n, block_c, num_warps, programs_per_sm = config or (CONFIG if groups is None else CONFIG_GROUPED)
+    s = x.shape[0] if rows is None else rows.shape[0]
+    if not supports(x) or s == 0 or x.shape[1] == 0:
+        return column_stats_reference(x, rows, groups, n_groups, valid)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    c = x.shape[1]
+    mx = torch.zeros((n_groups, c), dtype=torch.float32, device=x.device)
+    sq, ab = torch.zeros_like(mx), torch.zeros_like(mx)
+    nonfinite = torch.zeros((), dtype=torch.int32, device=x.device)
+    n_cblocks = triton.cdiv(c, block_c)
+    target = max(1, programs_per_sm * sm_count(x.device) // n_cblocks) if x.is_cuda else 2
+    chunks = max(1, min(triton.cdiv(s, block_n), target))
+    tiles_per_prog = triton.cdiv(triton.cdiv(s, chunks), block_n)
+    chunks = triton.cdiv(s, tiles_per_prog * block_n)
+    dummy = nonfinite  # an unused pointer argument
+    valid_u8 = None if valid is None else valid.reshape(s).to(torch.uint8)
+    # Triton launches on the current device and stream: on x's (a model split over GPUs calls this for any).
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _column_stats_kernel[(n_cblocks, chunks)](
+            x, rows if rows is not None else dummy, groups if groups is not None else dummy,
+            valid_u8 if valid_u8 is not None else dummy, mx, sq, ab, nonfinite, s, c, x.stride(0), tiles_per_prog,
+            HAS_ROWS=rows is not None, HAS_GROUPS=groups is not None, HAS_VALID=valid is not None,
+            BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps)
+    return mx, sq, ab, nonfinite.long()
