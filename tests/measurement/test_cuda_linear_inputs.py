@@ -18,7 +18,7 @@ import warnings
 import pytest
 import torch
 from test_cuda_packing import BF16_STEPS, VARLEN
-from test_linear_inputs import MOE_TYPES, TYPES, _load, reference
+from test_linear_inputs import MOE_TYPES, TYPES, _assert_equal, _load, expert_row, reference
 
 from maxact.measurement.batching import make_batches, run_batches
 from maxact.measurement.hooks import Measurement
@@ -30,14 +30,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 LINEAR_ATTENTION_RTOL = 2e-2
-
-
-def _close(st, r, key, rtol):
-    assert int(st["count"]) == r["count"], key
-    for k in ("max_abs", "sumsq", "sumabs"):
-        a, b = st[k].double(), torch.as_tensor(r[k], dtype=torch.float64)
-        worst = float(((a - b).abs() / (b.abs() + 1e-6)).max()) if a.numel() else 0.0
-        assert torch.allclose(a, b, rtol=rtol, atol=1e-6), (key, k, f"worst relative difference {worst:.2e}")
 
 
 def _samples():
@@ -67,10 +59,10 @@ def test_packed_linear_inputs_on_cuda_equal_float64_reference(tmp_path, model_ty
     rtol = LINEAR_ATTENTION_RTOL if "linear_attention" in (getattr(text, "layer_types", None) or []) else 1e-4
     assert set(stats) == set(ref)
     for name, r in ref.items():
-        _close(stats[name], r, (name, method), rtol)
+        _assert_equal(stats[name], r, (name, method), rtol, rtol)
     assert {k for k, _ in ref_experts} == set(experts)
     for (name, e), r in ref_experts.items():
-        _close({k: (v[e] if v.dim() else v) for k, v in experts[name].items()}, r, (name, e, method), rtol)
+        _assert_equal(expert_row(experts[name], e), r, (name, e, method), rtol, rtol)
 
 
 @pytest.mark.parametrize("model_type", VARLEN)

@@ -15,7 +15,8 @@ through the measurement's token facts, and packed rows are all real. On CUDA one
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -31,7 +32,7 @@ class ChannelStats:
     sumabs: torch.Tensor
     count: torch.Tensor  # int64 [] or [E]: rows (tokens) seen
     nonfinite: torch.Tensor  # int64 []: NaN/Inf elements refused (for experts: per routed copy)
-    names: list[str] = field(default_factory=list)
+    FIELDS: ClassVar[tuple[str, ...]] = ("max_abs", "sumsq", "sumabs", "count", "nonfinite")
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], device) -> "ChannelStats":
@@ -41,7 +42,7 @@ class ChannelStats:
 
     def add(self, part: "ChannelStats") -> None:
         if part.max_abs.device != self.max_abs.device:  # restored from a resume file onto another device: follow
-            for k in ("max_abs", "sumsq", "sumabs", "count", "nonfinite"):  # the activations, once
+            for k in self.FIELDS:  # the activations, once
                 setattr(self, k, getattr(self, k).to(part.max_abs.device))
         torch.maximum(self.max_abs, part.max_abs, out=self.max_abs)
         self.sumsq += part.sumsq
@@ -50,7 +51,7 @@ class ChannelStats:
         self.nonfinite += part.nonfinite
 
     def host(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k).detach().cpu() for k in ("max_abs", "sumsq", "sumabs", "count", "nonfinite")}
+        return {k: getattr(self, k).detach().cpu() for k in self.FIELDS}
 
 
 def dense_partial(x: torch.Tensor, valid: torch.Tensor) -> ChannelStats:
@@ -59,12 +60,16 @@ def dense_partial(x: torch.Tensor, valid: torch.Tensor) -> ChannelStats:
     return ChannelStats(mx[0], sq[0], ab[0], valid.sum(), nonfinite)
 
 
-def _per_expert(x: torch.Tensor, ids: torch.Tensor, n_experts: int, rows_of=None) -> ChannelStats:
+def _per_expert(x: torch.Tensor, ids: torch.Tensor, n_experts: int, rows_of=None, presorted: bool = False) -> ChannelStats:
     """Partials per expert of the rows ``ids`` [S] assigns (row ``s`` is ``x[rows_of(perm)[s]]``): sorted by
-    expert first, so that the kernel flushes each expert's sums once per range of rows."""
+    expert first (unless ``presorted``: ``x``'s rows already come in expert order), so that the kernel
+    flushes each expert's sums once per range of rows."""
     ids = ids.reshape(-1)
-    sorted_ids, perm = torch.sort(ids)
-    rows = perm if rows_of is None else rows_of(perm)
+    if presorted:
+        sorted_ids, rows = ids, None
+    else:
+        sorted_ids, perm = torch.sort(ids)
+        rows = perm if rows_of is None else rows_of(perm)
     mx, sq, ab, nonfinite = column_stats(x, rows=rows, groups=sorted_ids, n_groups=n_experts)
     count = torch.zeros(n_experts, dtype=torch.int64, device=x.device).index_add_(0, ids.long(), torch.ones_like(ids, dtype=torch.int64))
     return ChannelStats(mx, sq, ab, count, nonfinite)
@@ -73,11 +78,7 @@ def _per_expert(x: torch.Tensor, ids: torch.Tensor, n_experts: int, rows_of=None
 def routed_partial(x: torch.Tensor, experts: torch.Tensor, n_experts: int, presorted: bool = False) -> ChannelStats:
     """Per-expert partials of rows ``x`` [S, C] each belonging to one expert ``experts`` [S] (the down
     projection's input, one row per routed copy); ``presorted``: the rows already come in expert order."""
-    if not presorted:
-        return _per_expert(x, experts, n_experts)
-    mx, sq, ab, nonfinite = column_stats(x, groups=experts, n_groups=n_experts)
-    count = torch.zeros(n_experts, dtype=torch.int64, device=x.device).index_add_(0, experts.long(), torch.ones_like(experts, dtype=torch.int64))
-    return ChannelStats(mx, sq, ab, count, nonfinite)
+    return _per_expert(x, experts, n_experts, presorted=presorted)
 
 
 #: How transformers' experts forwards (integrations/moe.py) order the rows they pass to ``_apply_gate``:
@@ -194,18 +195,16 @@ class LinearInputs:
         self._pending, self._last = [], None
         self._routes.clear()
 
-    _FIELDS = ("max_abs", "sumsq", "sumabs", "count", "nonfinite")
-
     def state(self) -> dict:
         """The committed statistics, for a resume file (tensors stay where they are)."""
-        return {kind: {n: {k: getattr(st, k) for k in self._FIELDS} for n, st in table.items()}
+        return {kind: {n: {k: getattr(st, k) for k in ChannelStats.FIELDS} for n, st in table.items()}
                 for kind, table in (("linear", self.stats), ("experts", self.experts))}
 
     def restore(self, state: dict, device) -> None:
         for kind, table in (("linear", self.stats), ("experts", self.experts)):
             table.clear()
             for n, d in state[kind].items():
-                table[n] = ChannelStats(**{k: d[k].to(device) for k in self._FIELDS})
+                table[n] = ChannelStats(**{k: d[k].to(device) for k in ChannelStats.FIELDS})
 
     def remove(self) -> None:
         for h in self._handles:

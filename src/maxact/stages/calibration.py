@@ -19,7 +19,6 @@ from maxact.measurement.linear_inputs import ChannelStats
 
 LINEAR_INPUTS = "linear_inputs.safetensors"
 MANIFEST = "calibration.json"
-_STATS = ("max_abs", "sumsq", "sumabs", "count", "nonfinite")
 
 
 def save_linear_inputs(path: Path, stats: dict, experts: dict, provenance: dict, not_recorded: dict | None = None) -> None:
@@ -44,7 +43,7 @@ def load_linear_inputs(path: Path) -> tuple[dict, dict, dict, dict]:
         for key in f.keys():
             kind, name, stat = key.split(":")
             tables[kind].setdefault(name, {})[stat] = f.get_tensor(key)
-    out = [{n: ChannelStats(**{k: d[k] for k in _STATS}) for n, d in tables[k].items()} for k in ("linear", "experts")]
+    out = [{n: ChannelStats(**{k: d[k] for k in ChannelStats.FIELDS}) for n, d in tables[k].items()} for k in ("linear", "experts")]
     return out[0], out[1], json.loads(meta.get("provenance", "{}")), json.loads(meta.get("not_recorded", "{}"))
 
 

@@ -80,7 +80,8 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         cal = calibration.get(s_["checkpoint"])
         if cal is not None:  # links relative to the cards folder
             cal = {**cal, "dir": os.path.relpath(cal["dir"], outputs["cards"])}
-            s_["calibration_files"] = {"dir": calibration[s_["checkpoint"]]["dir"], **{k: cal.get(k, {}) for k in ("files", "uncovered", "filled", "not_recorded")}}
+            s_["calibration_files"] = {"dir": calibration[s_["checkpoint"]]["dir"], **{k: cal[k] for k in ("files", "uncovered", "filled")},
+                                    "not_recorded": cal.get("not_recorded", {})}  # manifests before it had none
         card = build_card(s_, int8, cal)
         md_path = Path(outputs["cards"]) / f"{s_['checkpoint']}.activation_card.md"
         atomic_write_text(md_path, card_markdown(card))

@@ -11,8 +11,8 @@ The contract (:func:`column_stats`, both implementations): for rows ``x[rows[s]]
 
 The Triton kernel reads each row once (no float32 copy, no temporaries): a program takes a block of
 channels and a contiguous range of rows, keeps running sums for the group it is in and flushes them with
-atomics when the group changes, so rows sorted by group (what :func:`routed` and :func:`grouped` pass it)
-cost one flush per group and range. The torch reference materialises float32 copies (the CPU path).
+atomics when the group changes, so rows sorted by group (what :mod:`maxact.measurement.linear_inputs` passes
+it for MoE experts) cost one flush per group and range. The torch reference materialises float32 copies (the CPU path).
 Neither synchronises the device or branches on values on the host.
 """
 
