@@ -13,7 +13,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +41,21 @@ def _samples():
     return [torch.randint(3, 200, (n,), generator=g).tolist() for n in (9, 4, 17, 6, 12, 30, 3)]
 
 
+def _reference(folder, samples, tmp_path):
+    """test_linear_inputs' float64 CPU reference; where fla is installed, in a child process that cannot import
+    it: transformers binds fla's Triton kernels when it imports the model code, and they cannot run on the
+    reference's CPU tensors (the linear-attention families stopped there)."""
+    if importlib.util.find_spec("fla") is None:
+        return reference(folder, samples)
+    here = Path(__file__).resolve().parent
+    out = tmp_path / "reference.pt"
+    code = (f"import sys, torch; sys.modules['fla'] = None; sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]\n"
+            "from test_linear_inputs import reference\n"
+            f"torch.save(reference({str(folder)!r}, {samples!r}), {str(out)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return torch.load(out, weights_only=False)
+
+
 def _measure(model, samples, mode: str, dtype):
     method, _ = resolve_packing(family_for(model.config), mode, "cuda", dtype, model)
     meas = Measurement(model, len(samples), torch.device("cuda"), packing=method, linear_inputs=True)
@@ -54,7 +73,7 @@ def test_packed_linear_inputs_on_cuda_equal_float64_reference(tmp_path, model_ty
     model = _load(folder, torch.float32).to("cuda")
     block = family_for(model.config).packing.block_mask
     stats, experts, method = _measure(model, samples, "on" if block else "off", torch.float32)
-    ref, ref_experts = reference(folder, samples)
+    ref, ref_experts = _reference(folder, samples, tmp_path)
     text = getattr(model.config, "text_config", None) or model.config
     rtol = LINEAR_ATTENTION_RTOL if "linear_attention" in (getattr(text, "layer_types", None) or []) else 1e-4
     assert set(stats) == set(ref)
