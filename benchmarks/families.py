@@ -77,7 +77,8 @@ def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dic
     warmup_s += warm_up_packed(model, bb, fam, method, samples, packed, rows, dev, full_kinds)
     res = {"checkpoint": entry["name"], "model_type": entry["model_type"], "family": fam.name,
            "params_b": sum(p.numel() for p in model.parameters()) / 1e9, "kernels": kernels_used(model),
-           "packing": {"method": method, "why_padded": why or None}, "statistics_kernel": statistics_kernel(dev, dtype),
+           "packing": {"method": method, "why_padded": why or None, "kernel": fam.packing.kernel if method == "varlen" else None},
+           "statistics_kernel": statistics_kernel(dev, dtype),
            "samples": len(samples), "mean_len": float(np.mean(lengths)), "build_s": build_s, "warmup_s": warmup_s}
     res.update(interleaved_paths(model, bb, fam, method, samples, batches, collated, packed, rows, dev, full_kinds,
                                  a.repeats, label=f"{entry['name']} "))
@@ -135,7 +136,7 @@ def main(argv=None):
             print(f"| {r['checkpoint']} | | | | | | failed: {r['error']} | | |")
             continue
         p, q = r["paths"], r["ratios"]
-        fwd = "packed, varlen_attn" if r["method"] == "varlen" else f"padded, {r['kernels']['attention']}"
+        fwd = f"packed, {r['packing'].get('kernel') or 'varlen_attn'}" if r["method"] == "varlen" else f"padded, {r['kernels']['attention']}"
         print(f"| {r['checkpoint']} | {r['family']} | {fwd} | {p['padded_bare']['tok_s']:,.0f} | {p['packed_bare']['tok_s']:,.0f} | "
               f"{p['packed_measured']['tok_s']:,.0f} | {q['packed_measured_vs_padded_bare']:.3f} | "
               f"{q['packed_measured_vs_packed_bare']:.3f} | {q['memory_packed_measured_vs_packed_bare']:.3f} |")

@@ -31,11 +31,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rehearsal", default=str(ROOT / "h200-2026-12-01" / "rehearsal.json"))
     ap.add_argument("--padded", default=str(ROOT / "h200-2026-12-01" / "families_full_stats_all.json"))
-    ap.add_argument("--packed", default=str(ROOT / "h200-2026-12-02" / "families_packed_all.json"))
+    ap.add_argument("--packed", nargs="+", default=[str(ROOT / "h200-2026-12-02" / "families_packed_all.json"),
+                                                    str(ROOT / "h200-2026-12-02c" / "families_gemma2_flex.json")],
+                    help="families.py runs, packed; a checkpoint in a later file replaces its row of an earlier one")
     a = ap.parse_args(argv)
     rehearsal = json.loads(Path(a.rehearsal).read_text())
     padded = {r["checkpoint"]: r for r in json.loads(Path(a.padded).read_text())}
-    packed = {r["checkpoint"]: r for r in json.loads(Path(a.packed).read_text())}
+    packed = {r["checkpoint"]: r for f in a.packed for r in json.loads(Path(f).read_text())}
     by_name = {r["checkpoint"]: r for r in rehearsal}
     print("| checkpoint | family forward | rehearsal tok/s | steady padded tok/s | gain | packed tok/s | paper corpus padded (h) | packed (h) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -38,6 +38,10 @@ PRESETS = {
                                         head_dim=128, vocab_size=151936, max_position_embeddings=40960)),
     "gemma-2b": ("gemma", dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
                                num_key_value_heads=1, head_dim=256, vocab_size=256000, max_position_embeddings=8192)),
+    "gemma-2-9b": ("gemma2", dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
+                                 num_key_value_heads=8, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
+                                 query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                                 sliding_window=4096, hidden_activation="gelu_pytorch_tanh")),
     "gemma3-270m": ("gemma3_text", dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
                                         num_key_value_heads=1, head_dim=256, vocab_size=262144)),
     "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -57,14 +61,17 @@ def corpus_like_lengths(n: int, lo: int = 136, hi: int = 5422, mean: float = 340
 def build(preset: str, dtype, device, layers: int | None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from maxact.models.registry import family_for, resolve_attention
+
     mt, kw = PRESETS[preset]
     kw = dict(kw)
     if layers:
         kw["num_hidden_layers"] = layers
     cfg = AutoConfig.for_model(mt, **kw)
+    attn = resolve_attention(family_for(cfg), "auto", torch.device(device).type)  # Gemma 2: eager (no SDPA)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
     return model.eval()
 
 
@@ -300,7 +307,7 @@ def main(argv=None):
 
     res = {"preset": a.preset, "full_stats": a.full_stats, "kernel_backend": statistics_kernel(dev, dtype),
            "packing": {"setting": a.packing, "method": method, "why_padded": why or None,
-                       "attention": packed_attention.describe() if method == "varlen" else None},
+                       "attention": packed_attention.describe(family.packing.kernel) if method == "varlen" else None},
            "layers": model.config.num_hidden_layers, "dtype": str(dtype), "device": str(dev),
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            "samples": len(samples), "tokens": n_tok, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens,

@@ -29,6 +29,7 @@ import torch
 from test_packing import _texts, real_packed_vs_padded, window_overrides
 
 from maxact.cli import main
+from maxact.models import packed_attention
 from maxact.models.registry import FAMILIES, family_for, supported_model_types
 from tiny_models import save_tiny_checkpoint
 
@@ -66,6 +67,8 @@ def _write_report():
 
 # Gated DeltaNet layers at heads of 32 (fla's Triton kernels tile head dimensions of 16 and up).
 GDN_HEADS = {"linear_key_head_dim": 32, "linear_value_head_dim": 32}
+# Gemma 2 packs through compiled FlexAttention, whose Triton kernel takes heads of 16 dimensions and up.
+FLEX_HEADS = {"head_dim": 16}
 
 
 @pytest.mark.parametrize("model_type", VARLEN)
@@ -74,13 +77,16 @@ def test_varlen_packed_matches_padded_in_bf16(tmp_path, model_type):
     if fam.packing.recurrent and importlib.util.find_spec("fla") is None:
         pytest.skip("Gated DeltaNet packs only with flash-linear-attention (pip install .[gpu])")
     overrides = GDN_HEADS if fam.packing.recurrent else window_overrides(model_type)
+    if fam.packing.kernel == "flex_attention":
+        overrides = {**overrides, **FLEX_HEADS}
     folder = save_tiny_checkpoint(model_type, tmp_path / "model", seed=5, **overrides)
     texts = _texts(tmp_path)
     assert _run(folder, texts, tmp_path / "padded", "off") == 0
     assert _run(folder, texts, tmp_path / "packed", "auto") == 0
     pad, pk = _load(tmp_path / "padded"), _load(tmp_path / "packed")
     assert pk["provenance"]["packing"]["method"] == "varlen"
-    assert pk["provenance"]["attn_implementation"] == "maxact_varlen"
+    flex = fam.packing.kernel == "flex_attention"  # Gemma 2: soft-capped logits
+    assert pk["provenance"]["attn_implementation"] == (packed_attention.FLEX_NAME if flex else packed_attention.NAME)
     worst = 0.0
     for point, a in pad["per_layer_stats"].items():
         b = pk["per_layer_stats"][point]
@@ -100,14 +106,21 @@ def test_varlen_packed_matches_padded_in_bf16(tmp_path, model_type):
         assert {k: pad["peak"][k] for k in where} == {k: pk["peak"][k] for k in where}, model_type
 
 
-def test_gemma2_stays_padded_on_cuda_and_refuses_on(tmp_path, capsys):
-    folder = save_tiny_checkpoint("gemma2", tmp_path / "model", seed=5, **window_overrides("gemma2"))
+def test_gemma2_packs_through_flex_attention_on_cuda(tmp_path):
+    """Gemma 2 packs on CUDA (auto and on) through maxact's compiled FlexAttention function, and says so; with
+    heads too small for that kernel, auto runs padded and says why."""
+    folder = save_tiny_checkpoint("gemma2", tmp_path / "model", seed=5, **window_overrides("gemma2"), **FLEX_HEADS)
     texts = _texts(tmp_path)
-    assert _run(folder, texts, tmp_path / "auto", "auto") == 0
-    prov = _load(tmp_path / "auto")["provenance"]["packing"]
-    assert prov["method"] == "padded" and "soft-capping" in prov["why_padded"]
-    assert _run(folder, texts, tmp_path / "on", "on") == 2
-    assert "soft-capping" in capsys.readouterr().err
+    for mode in ("auto", "on"):
+        assert _run(folder, texts, tmp_path / mode, mode) == 0
+        prov = _load(tmp_path / mode)["provenance"]
+        assert prov["packing"]["method"] == "varlen" and prov["packing"]["why_padded"] is None
+        assert prov["attn_implementation"] == packed_attention.FLEX_NAME
+        assert "flex_attention" in prov["packing"]["attention"]
+    small = save_tiny_checkpoint("gemma2", tmp_path / "small", seed=5, head_dim=8)
+    assert _run(small, texts, tmp_path / "small-auto", "auto") == 0
+    prov = _load(tmp_path / "small-auto")["provenance"]["packing"]
+    assert prov["method"] == "padded" and "at least 16" in prov["why_padded"]
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3_moe", "gpt_oss", "gemma3_text"])

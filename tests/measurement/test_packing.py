@@ -20,7 +20,7 @@ from maxact.measurement.batching import collate_packed, make_batches
 from maxact.measurement.packing import PackingError, resolve_packing
 from maxact.measurement.settings import MeasureSettings
 from maxact.models.registry import FAMILIES, family_for, supported_model_types
-from tiny_models import save_tiny_checkpoint
+from tiny_models import save_tiny_checkpoint, tiny_model
 
 REMOTE = {t for f in FAMILIES if f.remote_code for t in f.model_types}
 TYPES = [t for t in supported_model_types() if t not in REMOTE]
@@ -93,10 +93,18 @@ def test_method_per_family_device_and_dtype(monkeypatch):
     assert resolve_packing(llama, "on", "cpu", f32) == ("block_mask", "")
     assert resolve_packing(llama, "on", "cuda", f32) == ("block_mask", "")  # flash kernels need bf16/fp16
     assert resolve_packing(llama, "off", "cuda", bf16)[0] == "padded"
+    # Gemma 2's soft-capped logits pack through FlexAttention, compiled with Triton on CUDA
+    monkeypatch.setattr(packed_attention, "flex_available", lambda device_type="cuda": True)
+    assert resolve_packing(gemma2, "auto", "cuda", bf16) == ("varlen", "")
+    for head_dim, packs in ((16, True), (8, False)):  # the compiled kernel takes heads of 16 dimensions and up
+        model = tiny_model("gemma2", head_dim=head_dim)
+        method, why = resolve_packing(gemma2, "auto", "cuda", bf16, model)
+        assert (method == "varlen") == packs and (packs or "at least 16" in why), (head_dim, method, why)
+    monkeypatch.setattr(packed_attention, "flex_available", lambda device_type="cuda": False)
     method, why = resolve_packing(gemma2, "auto", "cuda", bf16)
-    assert method == "padded" and "soft-capping" in why
+    assert method == "padded" and "FlexAttention" in why
     assert resolve_packing(gemma2, "on", "cpu", f32)[0] == "block_mask"  # eager applies the cap under the block mask
-    with pytest.raises(PackingError, match="gemma2.*soft-capping.*packing: auto"):
+    with pytest.raises(PackingError, match="gemma2.*FlexAttention.*packing: auto"):
         resolve_packing(gemma2, "on", "cuda", bf16)
     with pytest.raises(PackingError, match="qwen3_5.*Gated DeltaNet"):
         resolve_packing(qwen35, "on", "cpu", f32)
@@ -125,6 +133,11 @@ def test_packed_equals_padded_on_every_statistic(tmp_path, model_type):
     assert pad["provenance"]["packing"]["method"] == "padded"
     assert pk["provenance"]["packing"]["method"] == "block_mask"
     assert pk["provenance"]["packing"]["batches"] > 1  # several packed rows, not one
+    _assert_same_results(model_type, pad, pk, tmp_path / "padded", tmp_path / "packed")
+
+
+def _assert_same_results(model_type, pad, pk, pad_dir, pk_dir):
+    """Every statistic of every point, the top-k and the peak's provenance, and every per-sample extreme agree."""
     assert set(pad["per_layer_stats"]) == set(pk["per_layer_stats"])
     for point, a in pad["per_layer_stats"].items():
         b = pk["per_layer_stats"][point]
@@ -140,12 +153,28 @@ def test_packed_equals_padded_on_every_statistic(tmp_path, model_type):
             assert {k: tops_a[0][k] for k in where} == {k: tops_b[0][k] for k in where}, (model_type, point)
     assert pad["global_max_location"] == pk["global_max_location"]
     assert _close(pad["global_max_activation"], pk["global_max_activation"])
-    ps_a, ps_b = (pd.read_parquet(tmp_path / d / "per_sample_extremes.parquet") for d in ("padded", "packed"))
+    ps_a, ps_b = (pd.read_parquet(d / "per_sample_extremes.parquet") for d in (pad_dir, pk_dir))
     key = ["sample_id"]
     merged = ps_a.merge(ps_b, on=key, suffixes=("_pad", "_pk"))
     assert len(merged) == len(ps_a) == len(ps_b)
     for c in [c for c in ps_a.columns if c not in key]:
         assert merged[f"{c}_pad"].to_numpy() == pytest.approx(merged[f"{c}_pk"].to_numpy(), rel=2e-5, abs=1e-6), c
+
+
+def test_gemma2_flex_packed_equals_padded_on_every_statistic(tmp_path, monkeypatch):
+    """Gemma 2's CUDA path (packed rows, maxact's FlexAttention function: soft-cap as score_mod, document block
+    mask, sliding windows) run on the CPU, uncompiled, through the CLI: equal to the padded eager run."""
+    import maxact.stages.measure as measure_stage
+
+    folder = save_tiny_checkpoint("gemma2", tmp_path / "model", seed=5, **window_overrides("gemma2"))
+    texts = _texts(tmp_path)
+    assert _measure(folder, texts, tmp_path / "padded", "off") == 0
+    monkeypatch.setattr(measure_stage, "resolve_packing", lambda *a, **k: ("varlen", ""))
+    assert _measure(folder, texts, tmp_path / "packed", "auto") == 0
+    pad, pk = (json.loads((tmp_path / d / "activation_stats.json").read_text()) for d in ("padded", "packed"))
+    assert pk["provenance"]["packing"]["method"] == "varlen" and pk["provenance"]["packing"]["batches"] > 1
+    assert "flex_attention" in pk["provenance"]["packing"]["attention"]
+    _assert_same_results("gemma2", pad, pk, tmp_path / "padded", tmp_path / "packed")
 
 
 @pytest.mark.parametrize("model_type", UNPACKABLE)

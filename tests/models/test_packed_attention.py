@@ -32,6 +32,17 @@ def flash_reference(q, k, v, cu, max_len, scale, window, want_lse, gqa=False):
     return out, (PA._lse_rows(lse.transpose(0, 1).contiguous(), q) if want_lse else None)
 
 
+def sample_mask(length: int, window: int | None) -> torch.Tensor:
+    """One sample's additive float64 mask [1, 1, L, L] from transformers' own mask functions (a window of W: the
+    query and the W - 1 keys before it)."""
+    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
+
+    fn = causal_mask_function if window is None else sliding_window_causal_mask_function(window)
+    idx = torch.arange(length)
+    keep = torch.stack([torch.stack([torch.as_tensor(fn(0, 0, i, j)) for j in idx]) for i in idx])
+    return torch.zeros(1, 1, length, length, dtype=torch.float64).masked_fill(~keep, -math.inf)
+
+
 class _Module(torch.nn.Module):  # what gpt-oss's eager attention reads off its module
     def __init__(self, sinks, groups):
         super().__init__()
@@ -43,7 +54,6 @@ class _Module(torch.nn.Module):  # what gpt-oss's eager attention reads off its 
 @pytest.mark.parametrize("window", [None, 3])
 @pytest.mark.parametrize("sinks", [False, True])
 def test_packed_row_equals_each_sample_alone(monkeypatch, window, sinks, gqa, lengths):
-    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
     from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
 
     monkeypatch.setattr(PA, "_flash", flash_reference)
@@ -62,13 +72,8 @@ def test_packed_row_equals_each_sample_alone(monkeypatch, window, sinks, gqa, le
     assert out.shape == (1, n, h, d)
     module = _Module(s_aux if sinks else torch.full((h,), -1e30, dtype=torch.float64), h // h_kv)
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        L = b - a
-        # transformers' own mask functions (a window of W: the query and the W - 1 keys before it).
-        fn = causal_mask_function if window is None else sliding_window_causal_mask_function(window)
-        idx = torch.arange(L)
-        keep = torch.stack([torch.stack([torch.as_tensor(fn(0, 0, i, j)) for j in idx]) for i in idx])
-        mask = torch.zeros(1, 1, L, L, dtype=torch.float64).masked_fill(~keep, -math.inf)
-        ref, _ = eager_attention_forward(module, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], mask, scaling=d ** -0.5)
+        ref, _ = eager_attention_forward(module, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], sample_mask(b - a, window),
+                                         scaling=d ** -0.5)
         assert torch.allclose(out[0, a:b].double(), ref[0], rtol=1e-5, atol=1e-6), (a, b)
 
 
@@ -109,3 +114,99 @@ def test_window_kept_on_the_module_is_used(monkeypatch):
     module.sliding_window = 4  # as Qwen2-MoE's sliding layers keep it, without passing it on
     PA.varlen_attention_forward(module, q, q, q, None, scaling=0.5, cu_seq_lens_q=cu, max_length_q=6)
     assert seen["window"] == (3, 0)
+
+
+# FlexAttention for soft-capped logits (Gemma 2): the block mask and the attention function, uncompiled on the CPU.
+
+def _cu(lengths):
+    return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+
+
+@pytest.mark.parametrize("lengths, window", [([5, 300, 17, 700], None), ([5, 300, 17, 700], 128), ([128, 128, 256], 100),
+                                             ([1000], 130), ([1, 1, 1], None), ([129, 255, 3, 400, 77], 256),
+                                             ([1024], None), ([640, 384], 129)])
+def test_document_block_mask_is_exact(lengths, window):
+    """The block mask built by tensor ops equals FlexAttention's own (every element of mask_mod evaluated), both
+    the blocks to compute and the fully visible ones; and mask_mod is what transformers' masks say per sample."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    cu = _cu(lengths)
+    n = int(cu[-1])
+    n_pad = PA.flex_length(n)
+    assert n_pad >= n and n_pad & (n_pad - 1) == 0 and n_pad % PA.FLEX_BLOCK == 0
+    ours = PA.document_block_mask(cu, n, n_pad, window)
+    ref = create_block_mask(ours.mask_mod, None, None, n_pad, n_pad, device="cpu", BLOCK_SIZE=PA.FLEX_BLOCK, _compile=False)
+    assert torch.equal(ours.to_dense(), ref.to_dense())
+    assert torch.equal(ours.full_kv_num_blocks, ref.full_kv_num_blocks)
+    # mask_mod itself against the definition: same sample, causal, within the window; padding sees nothing
+    sample = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    qi = torch.arange(0, n_pad, 7)[:, None]
+    ki = torch.arange(0, n_pad, 5)[None, :]
+    got = ours.mask_mod(0, 0, qi, ki)
+    same = (qi < n) & (ki < n) & (sample[qi.clamp(max=n - 1)] == sample[ki.clamp(max=n - 1)])
+    want = same & (ki <= qi) & ((qi - ki) < (window or n_pad + 1))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_flex_packed_row_equals_gemma2_eager_per_sample(window, softcap):
+    """maxact's FlexAttention function over one packed row (grouped K/V heads) against transformers' own Gemma 2
+    eager attention (soft-cap, window) run on each sample alone, in float64."""
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    g = torch.Generator().manual_seed(1)
+    lengths = [5, 1, 9, 4]
+    h, h_kv, d = 4, 2, 8
+    n = sum(lengths)
+    q = torch.randn(1, h, n, d, generator=g, dtype=torch.float64) * 2
+    k = torch.randn(1, h_kv, n, d, generator=g, dtype=torch.float64) * 2
+    v = torch.randn(1, h_kv, n, d, generator=g, dtype=torch.float64)
+    cu = _cu(lengths)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.training = h // h_kv, False
+    out, _ = PA.flex_attention_forward(module, q, k, v, None, scaling=0.3, sliding_window=window, softcap=softcap,
+                                       cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
+    assert out.shape == (1, n, h, d)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        ref, _ = eager_attention_forward(module, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], sample_mask(b - a, window),
+                                         scaling=0.3, softcap=softcap)
+        # flex's reference path takes the softmax in float32 whatever the input (observed 2e-7 here)
+        assert torch.allclose(out[0, a:b], ref[0], rtol=1e-5, atol=1e-6), (a, b, float((out[0, a:b] - ref[0]).abs().max()))
+
+
+def test_flex_refuses_masks_sinks_and_unpacked_calls():
+    q = torch.zeros(1, 2, 3, 4)
+    cu = _cu([3])
+    with pytest.raises(PA.PackedAttentionError, match="cu_seq_lens_q"):
+        PA.flex_attention_forward(None, q, q, q, None)
+    with pytest.raises(PA.PackedAttentionError, match="without a mask"):
+        PA.flex_attention_forward(None, q, q, q, torch.ones(1, 1, 3, 3), cu_seq_lens_q=cu, max_length_q=3)
+    with pytest.raises(PA.PackedAttentionError, match="sinks"):
+        PA.flex_attention_forward(None, q, q, q, None, cu_seq_lens_q=cu, max_length_q=3, s_aux=torch.zeros(2))
+
+
+def test_flex_compiles_once_per_padded_length(monkeypatch):
+    """Rows of other lengths, samples and windows reuse the compiled kernel of their padded length: one graph per
+    power of two, not one per packed row (transformers' own flex path exhausts torch.compile's recompile limit)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from torch.nn.attention.flex_attention import flex_attention
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(flex_attention, backend="eager", dynamic=False)  # dynamo's guards, without codegen
+    monkeypatch.setattr(PA, "_flex_kernel", lambda device_type: compiled)
+    g = torch.Generator().manual_seed(0)
+    rows = [[5, 300, 17], [50, 250], [700, 600], [3, 1], [1000, 900], [60, 61, 62]]
+    for lengths in rows:
+        for window in (None, 5):
+            n = sum(lengths)
+            q = torch.randn(1, 4, n, 16, generator=g)
+            k = torch.randn(1, 2, n, 16, generator=g)
+            cu = _cu(lengths)
+            PA.flex_attention_forward(None, q, k, k, None, scaling=0.25, sliding_window=window, softcap=30.0,
+                                      cu_seq_lens_q=cu, max_length_q=max(lengths))
+    assert {PA.flex_length(sum(r)) for r in rows} == {1024, 2048}
+    assert counters["stats"]["unique_graphs"] == 2
+    torch._dynamo.reset()

@@ -2,8 +2,8 @@
 row, position ids restarting per sample, no padding), settled from ``measure.packing`` and the family's
 registry entry (:class:`maxact.models.registry.Packing`).
 
-Methods: ``varlen`` (CUDA, bf16/fp16: torch's ``varlen_attn`` with the per-sample boundaries; no mask at
-all), ``block_mask`` (transformers' own block-diagonal packed mask under SDPA or eager: the CPU, or CUDA in
+Methods: ``varlen`` (CUDA, bf16/fp16: variable-length rows, the per-sample boundaries as cumulative sequence
+lengths, no mask at all; torch's ``varlen_attn``, or FlexAttention for Gemma 2's soft-capped logits), ``block_mask`` (transformers' own block-diagonal packed mask under SDPA or eager: the CPU, or CUDA in
 float32, where flash kernels do not run) and ``padded`` (today's batches with an attention mask).
 
 ``auto`` packs wherever packing is exact and faster: ``varlen`` on CUDA. On the CPU it stays padded: the
@@ -57,11 +57,16 @@ def resolve_packing(family: Family, mode: str, device_type: str, dtype: torch.dt
             why = f"family {family.name!r} cannot run packed on CUDA: {spec.why_not}"
         elif spec.recurrent and not recurrent_kernels_pack(model):
             why = f"family {family.name!r} cannot run packed here: {spec.why_not}"
-        elif not packed_attention.available():
+        elif spec.kernel == "flex_attention" and not packed_attention.flex_available(device_type):
+            why = f"family {family.name!r} packs through FlexAttention, which this torch ({torch.__version__}) cannot compile here"
+        elif spec.kernel == "flex_attention" and model is not None and _head_dim(model) < packed_attention.FLEX_MIN_HEAD_DIM:
+            why = (f"family {family.name!r} packs through FlexAttention, whose compiled kernel needs attention heads of at "
+                   f"least {packed_attention.FLEX_MIN_HEAD_DIM} dimensions; this model's have {_head_dim(model)}")
+        elif spec.kernel != "flex_attention" and not packed_attention.available():
             why = f"this torch ({torch.__version__}) has no torch.nn.attention.varlen.varlen_attn"
         elif named:
-            why = (f"runtime.attn_implementation is {attn_implementation!r}, and a packed row on CUDA runs varlen_attn "
-                   "instead; set attn_implementation: auto to pack")
+            why = (f"runtime.attn_implementation is {attn_implementation!r}, and a packed row on CUDA runs "
+                   f"{spec.kernel} instead; set attn_implementation: auto to pack")
         else:
             return "varlen", ""
         block_ok = False  # the block-diagonal mask is quadratic in the row: never on CUDA in 16-bit
@@ -83,9 +88,16 @@ def resolve_packing(family: Family, mode: str, device_type: str, dtype: torch.dt
     return "padded", why
 
 
+def _head_dim(model: torch.nn.Module) -> int:
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
 @contextlib.contextmanager
 def packed_forward(backbone: torch.nn.Module, family: Family, method: str):
-    """For the ``varlen`` method: the backbone's attention switched to torch's varlen_attn and, for Gated
+    """For the ``varlen`` method: the backbone's attention switched to torch's varlen_attn (FlexAttention where the
+    family's ``Packing.kernel`` says so) and, for Gated
     DeltaNet families, their causal conv to the one that keeps samples apart; restored when the last open
     context on this backbone closes (two measurements of one model may overlap)."""
     if method != "varlen":
@@ -96,7 +108,7 @@ def packed_forward(backbone: torch.nn.Module, family: Family, method: str):
     depth = getattr(backbone, "_maxact_packed_depth", 0)
     if depth == 0:
         backbone._maxact_attn_before = cfg._attn_implementation
-        cfg._attn_implementation = packed_attention.NAME
+        cfg._attn_implementation = packed_attention.FLEX_NAME if family.packing.kernel == "flex_attention" else packed_attention.NAME
     backbone._maxact_packed_depth = depth + 1
     try:
         with packed_recurrent.boundary_conv(backbone) if family.packing.recurrent else contextlib.nullcontext():

@@ -14,7 +14,13 @@ One kernel, torch's ``varlen_attn`` (flash attention), covers every family that 
   With ``lse`` the log-sum-exp of the query's (scaled) logits, the output with the sink is the output
   without it times ``exp(lse) / (exp(lse) + exp(s_h)) = sigmoid(lse - s_h)``.
 
-Soft-capped logits (Gemma 2) cannot be expressed: the registry keeps that family padded on CUDA.
+Soft-capped logits (Gemma 2) cannot be expressed in ``varlen_attn``. They go through FlexAttention instead
+(:data:`FLEX_NAME`): the soft-cap as its ``score_mod`` and the per-sample boundaries, causality and sliding
+window as a block mask built exactly from ``cu_seq_lens_q`` with tensor ops (:func:`document_block_mask`, no
+host sync). The row is padded inside the attention function to a power-of-two length (at least
+:data:`FLEX_MIN_LEN`), so the compiled kernel sees a handful of shapes over a whole study (transformers' own flex
+path recompiles for every packed length and runs into torch.compile's recompile limit); the padding is masked
+out, never seen by a hook, and cut off before the output projection.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ import inspect
 import torch
 
 NAME = "maxact_varlen"
+FLEX_NAME = "maxact_flex"
+FLEX_BLOCK = 128  # FlexAttention's default block size; the block mask is built at this granularity
+FLEX_MIN_LEN = 1024
+FLEX_MIN_HEAD_DIM = 16  # Triton's flex kernel: "embedding dimension ... must be at least 16" (torch 2.11)
 
 
 class PackedAttentionError(RuntimeError):
@@ -50,7 +60,23 @@ def available() -> bool:
     return bool(capabilities())
 
 
-def describe() -> str:
+def flex_available(device_type: str = "cuda") -> bool:
+    """FlexAttention compiled for this device: torch's flex_attention and, on CUDA, Triton."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    if device_type != "cuda":
+        return True  # uncompiled (the reference path that materialises the scores): the CPU tests
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def describe(kernel: str = "varlen_attn") -> str:
+    if kernel == "flex_attention":
+        return (f"torch.nn.attention.flex_attention {torch.__version__} (compiled; soft-capping as score_mod; samples, "
+                f"causality and sliding windows as a block mask; rows padded to a power of two >= {FLEX_MIN_LEN})")
     caps = capabilities()
     if not caps:
         return "unavailable (torch has no torch.nn.attention.varlen.varlen_attn)"
@@ -132,8 +158,120 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     return out.unsqueeze(0), None
 
 
+def flex_length(n: int) -> int:
+    """The padded row length the compiled FlexAttention kernel runs for ``n`` tokens: a power of two."""
+    return max(FLEX_MIN_LEN, 1 << max(n - 1, 0).bit_length())
+
+
+def document_block_mask(cu_seqlens: torch.Tensor, n: int, n_pad: int, window: int | None):
+    """FlexAttention's block mask for one packed row of ``n`` tokens padded to ``n_pad``: a query sees the keys of
+    its own sample at or before it, and within ``window`` of it (transformers' sliding window ``W``: itself and the
+    ``W - 1`` before); padding sees nothing.
+
+    Built with tensor ops only, exactly: samples are contiguous and in order, so the kv block ``j < i`` holds a
+    key visible from the q block ``i`` iff the last sample of ``j`` is the first of ``i`` and the nearest pair
+    (the last key of ``j``, the first query of ``i``) is within the window; ``j`` is fully visible iff both blocks
+    lie in one sample and the farthest pair is within the window. Partial blocks apply ``mask_mod`` per element."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    b = FLEX_BLOCK
+    dev = cu_seqlens.device
+    idx = torch.arange(n_pad, device=dev, dtype=torch.int32)
+    doc = torch.searchsorted(cu_seqlens[1:].to(torch.int32).contiguous(), idx, right=True).to(torch.int32)
+    doc = torch.where(idx < n, doc, torch.full_like(doc, -1))
+    w = int(window) if window else n_pad + 1
+    lo = idx - (w - 1)  # the first key a query may see (before its sample's start: the doc test cuts it)
+
+    def mask_mod(bi, h, q, kv):
+        return (doc[q] == doc[kv]) & (doc[q] >= 0) & (kv <= q) & (kv >= lo[q])
+
+    nb = n_pad // b
+    d = doc.view(nb, b)
+    last = d.max(1).values  # -1: a block of padding only
+    first = torch.where(d >= 0, d, torch.full_like(d, torch.iinfo(torch.int32).max)).min(1).values
+    i = torch.arange(nb, device=dev)[:, None]
+    j = torch.arange(nb, device=dev)[None, :]
+    nearest = i * b - (j * b + b - 1)
+    farthest = i * b + b - 1 - j * b
+    live = (last >= 0)[:, None]
+    visible = live & ((j == i) | ((j < i) & (last[None, :] == first[:, None]) & (nearest < w)))
+    single = (first == last) & (d >= 0).all(1)  # one sample, no padding
+    full = (j < i) & single[:, None] & single[None, :] & (last[:, None] == last[None, :]) & (farthest < w)
+    partial = visible & ~full
+
+    def blocks(m):  # per q block: how many kv blocks, and their indices first
+        return (m.sum(1).to(torch.int32)[None, None],
+                torch.argsort((~m).to(torch.int8), dim=1, stable=True).to(torch.int32)[None, None])
+
+    return BlockMask.from_kv_blocks(*blocks(partial), *blocks(full), BLOCK_SIZE=b, mask_mod=mask_mod,
+                                    seq_lengths=(n_pad, n_pad))
+
+
+@functools.lru_cache(maxsize=None)
+def _flex_kernel(device_type: str):
+    """FlexAttention compiled (one graph per padded row length, see flex_length) on CUDA; elsewhere its
+    uncompiled reference path, which materialises the scores (the CPU tests)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type != "cuda":
+        return flex_attention
+    import torch._dynamo.config as dynamo_config
+
+    # One graph per padded length (7 from 1,024 to 65,536) and per GPU a model is spread over; past torch's default
+    # of 8, dynamo would run flex_attention uncompiled, materialising every N x N score matrix.
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+    return torch.compile(flex_attention, dynamic=False)
+
+
+_FLEX_MASKS: dict = {}  # the last row's masks: every layer of one forward gets the same cu_seqlens tensor
+
+
+def _row_mask(cu: torch.Tensor, n: int, n_pad: int, window: int | None):
+    if _FLEX_MASKS.get("cu") is not cu or _FLEX_MASKS.get("n") != n:
+        _FLEX_MASKS.clear()
+        _FLEX_MASKS.update(cu=cu, n=n)  # holds cu, so a later row's tensor cannot reuse its identity
+    key = ("mask", n_pad, window)
+    if key not in _FLEX_MASKS:
+        _FLEX_MASKS[key] = document_block_mask(cu, n, n_pad, window)
+    return _FLEX_MASKS[key]
+
+
+def flex_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                           sliding_window: int | None = None, softcap: float | None = None,
+                           cu_seq_lens_q: torch.Tensor | None = None, cu_seq_lens_k: torch.Tensor | None = None,
+                           max_length_q: int | None = None, max_length_k: int | None = None, **kwargs):
+    """transformers' attention-function contract over one packed row with FlexAttention: soft-capped logits,
+    per-sample causal attention with an optional sliding window, grouped K/V heads; ([1, N, H, D], None)."""
+    if cu_seq_lens_q is None:
+        raise PackedAttentionError(f"{FLEX_NAME} needs cu_seq_lens_q in the forward's kwargs (a packed batch)")
+    if query.shape[0] != 1 or attention_mask is not None:
+        raise PackedAttentionError(f"{FLEX_NAME} runs one packed row without a mask; got batch {query.shape[0]}, "
+                                   f"mask {None if attention_mask is None else tuple(attention_mask.shape)}")
+    if (cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q) or max_length_k not in (None, max_length_q):
+        raise PackedAttentionError(f"{FLEX_NAME} computes self-attention over one packed row (keys = queries)")
+    if kwargs.get("s_aux") is not None:
+        raise PackedAttentionError(f"{FLEX_NAME} does not apply attention sinks ({type(module).__name__}); {NAME} does")
+    if sliding_window is None:
+        sliding_window = getattr(module, "sliding_window", None)
+    n = query.shape[2]
+    n_pad = flex_length(n)
+    pad = (0, 0, 0, n_pad - n)  # pad the token dimension of [1, H, N, D]
+    q, k, v = (torch.nn.functional.pad(t, pad) for t in (query, key, value))
+    cap = float(softcap) if softcap else None
+
+    def soft_cap(score, b, h, qi, kv):
+        return cap * torch.tanh(score / cap)
+
+    out = _flex_kernel(query.device.type)(q, k, v, score_mod=soft_cap if cap else None, block_mask=_row_mask(cu_seq_lens_q, n, n_pad, sliding_window),
+             scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    return out[:, :, :n].transpose(1, 2).contiguous(), None
+
+
 def register() -> None:
-    """Make :data:`NAME` a transformers attention implementation (idempotent)."""
+    """Make :data:`NAME` and :data:`FLEX_NAME` transformers attention implementations (idempotent)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(NAME, varlen_attention_forward)
+    AttentionInterface.register(FLEX_NAME, flex_attention_forward)

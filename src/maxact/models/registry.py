@@ -44,8 +44,9 @@ _DEFAULT_ATTENTION = ("sdpa", "flash_attention_2", "eager")
 class Packing:
     """Whether the family can run packed rows (several samples in one row, no padding) exactly, and how.
 
-    ``varlen``: on CUDA in bf16/fp16, torch's ``varlen_attn`` with per-sample boundaries computes every
-    attention layer of the family exactly (causal, sliding windows, gpt-oss sinks through the LSE).
+    ``varlen``: on CUDA in bf16/fp16, packed rows with per-sample boundaries (cumulative lengths) compute every
+    attention layer of the family exactly through ``kernel`` (causal, sliding windows, gpt-oss sinks through the
+    LSE, Gemma 2's soft-cap in FlexAttention).
     ``block_mask``: transformers' own block-diagonal packed mask (SDPA or eager, built from position ids
     that restart per sample) computes it exactly; the CPU path (and CUDA in float32).
     ``positions``: 'plain' position ids [1, N]; 'mrope_text' [4, 1, N] (text positions first, then the three
@@ -53,10 +54,13 @@ class Packing:
     ``block_mask_from``: 'positions' (the backbone builds the packed mask itself from position ids that restart,
     as most do) or 'mapping' (its forward builds masks without the position ids, so maxact builds transformers'
     full and sliding-window packed masks and passes them as the backbone's mask mapping).
+    ``kernel``: the packed attention on CUDA: 'varlen_attn' (flash attention) or 'flex_attention' (FlexAttention
+    with a document block mask: logit soft-capping, which flash attention cannot apply).
     ``why_not``: what stops a path the family does not take (shown when packing is asked for).
     """
 
     varlen: bool = True
+    kernel: str = "varlen_attn"
     block_mask: bool = True
     positions: str = "plain"
     block_mask_from: str = "positions"
@@ -133,9 +137,9 @@ FAMILIES: tuple[Family, ...] = (
            packing=Packing(positions="mrope_text")),
     Family("gemma", ("gemma",), fp16_unsafe=True, notes="Gemma 1"),
     Family("gemma2", ("gemma2",), residual_in=_SANDWICH, fp16_unsafe=True, attention=_NO_SDPA,
-           # Eager applies the soft-cap under transformers' packed block mask (CPU); on CUDA varlen_attn cannot, and
-           # flex attention (which could, with a document mask) recompiles per packed length: padded there.
-           packing=Packing(varlen=False, why_not="attention logit soft-capping: torch's varlen_attn cannot apply it"),
+           # Eager applies the soft-cap under transformers' packed block mask (CPU); on CUDA varlen_attn cannot, so
+           # maxact's FlexAttention function does (the cap as score_mod, a document block mask, power-of-two rows).
+           packing=Packing(kernel="flex_attention"),
            notes="attention logit soft-capping: no SDPA"),
     Family("gemma3_text", ("gemma3_text",), residual_in=_SANDWICH, fp16_unsafe=True, notes="Gemma 3 text-only"),
     Family(

@@ -152,7 +152,7 @@ def measure_checkpoint(
             "attn_implementation": kernels["attention"],
             "kernels": kernels,
             "packing": {"setting": s.packing, "method": packing, "why_padded": not_packed_why or None,
-                        **({"attention": packed_attention.describe()} if packing == "varlen" else {}),
+                        **({"attention": packed_attention.describe(fam.packing.kernel)} if packing == "varlen" else {}),
                         "batches": len(batches)},
             "environment": provenance.environment(),
             "timestamp": provenance.timestamp(),
