@@ -122,12 +122,21 @@ def _cu(lengths):
     return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
 
 
-@pytest.mark.parametrize("lengths, window", [([5, 300, 17, 700], None), ([5, 300, 17, 700], 128), ([128, 128, 256], 100),
-                                             ([1000], 130), ([1, 1, 1], None), ([129, 255, 3, 400, 77], 256),
-                                             ([1024], None), ([640, 384], 129)])
+def _kv_blocks(num, idx):
+    """Per q block, the set of kv blocks a block mask lists (its first ``num`` indices)."""
+    return [set(idx[0, 0, i, : int(num[0, 0, i])].tolist()) for i in range(num.shape[-1])]
+
+
+MASK_CASES = [([5, 300, 17, 700], None), ([5, 300, 17, 700], 128), ([128, 128, 256], 100), ([1000], 130),
+              ([1, 1, 1], None), ([129, 255, 3, 400, 77], 256), ([1024], None), ([640, 384], 129),
+              ([900, 1, 700], 1), ([2000], 255), ([1500, 500], 383), ([257, 1, 1, 1200], 127), ([3000], 5000)]
+
+
+@pytest.mark.parametrize("lengths, window", MASK_CASES)
 def test_document_block_mask_is_exact(lengths, window):
-    """The block mask built by tensor ops equals FlexAttention's own (every element of mask_mod evaluated), both
-    the blocks to compute and the fully visible ones; and mask_mod is what transformers' masks say per sample."""
+    """The block mask built by tensor ops lists the same partial and the same fully visible kv blocks per q block
+    as FlexAttention's own (every element of mask_mod evaluated), and mask_mod is, on the whole grid, what the
+    definition says: same sample, causal, the query and the W - 1 keys before it; padding sees nothing."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     cu = _cu(lengths)
@@ -136,16 +145,14 @@ def test_document_block_mask_is_exact(lengths, window):
     assert n_pad >= n and n_pad & (n_pad - 1) == 0 and n_pad % PA.FLEX_BLOCK == 0
     ours = PA.document_block_mask(cu, n, n_pad, window)
     ref = create_block_mask(ours.mask_mod, None, None, n_pad, n_pad, device="cpu", BLOCK_SIZE=PA.FLEX_BLOCK, _compile=False)
-    assert torch.equal(ours.to_dense(), ref.to_dense())
-    assert torch.equal(ours.full_kv_num_blocks, ref.full_kv_num_blocks)
-    # mask_mod itself against the definition: same sample, causal, within the window; padding sees nothing
-    sample = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    qi = torch.arange(0, n_pad, 7)[:, None]
-    ki = torch.arange(0, n_pad, 5)[None, :]
-    got = ours.mask_mod(0, 0, qi, ki)
-    same = (qi < n) & (ki < n) & (sample[qi.clamp(max=n - 1)] == sample[ki.clamp(max=n - 1)])
-    want = same & (ki <= qi) & ((qi - ki) < (window or n_pad + 1))
-    assert torch.equal(got, want)
+    assert _kv_blocks(ours.kv_num_blocks, ours.kv_indices) == _kv_blocks(ref.kv_num_blocks, ref.kv_indices)
+    assert _kv_blocks(ours.full_kv_num_blocks, ours.full_kv_indices) == _kv_blocks(ref.full_kv_num_blocks, ref.full_kv_indices)
+    sample = torch.full((n_pad,), -1)
+    sample[:n] = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    qi = torch.arange(n_pad)[:, None]
+    ki = torch.arange(n_pad)[None, :]
+    want = (sample[qi] == sample[ki]) & (sample[qi] >= 0) & (ki <= qi) & ((qi - ki) < (window or n_pad + 1))
+    assert torch.equal(ours.mask_mod(0, 0, qi, ki), want)
 
 
 @pytest.mark.parametrize("window", [None, 3])
@@ -209,4 +216,39 @@ def test_flex_compiles_once_per_padded_length(monkeypatch):
                                       cu_seq_lens_q=cu, max_length_q=max(lengths))
     assert {PA.flex_length(sum(r)) for r in rows} == {1024, 2048}
     assert counters["stats"]["unique_graphs"] == 2
+    # Past the limit the call fails instead of running flex uncompiled (N x N scores): a third length, limit 2
+    monkeypatch.setattr(PA, "FLEX_RECOMPILE_LIMIT", 2)
+    q = torch.randn(1, 4, 3000, 16, generator=g)
+    with pytest.raises(Exception, match="(?i)limit"):
+        PA.flex_attention_forward(None, q, q[:, :2], q[:, :2], None, scaling=0.25, softcap=30.0,
+                                  cu_seq_lens_q=_cu([3000]), max_length_q=3000)
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_compiled_flex_over_multi_block_rows_equals_gemma2_eager_per_sample(monkeypatch):
+    """The compiled kernel (inductor on the CPU; Triton on CUDA) is the one that reads the block tables: rows of
+    several 128-token blocks, windows at and around block edges, against Gemma 2's eager attention per sample."""
+    import torch._dynamo
+    from torch.nn.attention.flex_attention import flex_attention
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(PA, "_flex_kernel", lambda device_type: torch.compile(flex_attention, dynamic=False))
+    g = torch.Generator().manual_seed(3)
+    h, h_kv, d = 4, 2, 16
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.training = h // h_kv, False
+    for lengths, window in (([300, 1, 450, 200], 129), ([700, 250], 255), ([129, 128, 600], None), ([950], 383)):
+        n = sum(lengths)
+        q = torch.randn(1, h, n, d, generator=g) * 2
+        k = torch.randn(1, h_kv, n, d, generator=g) * 2
+        v = torch.randn(1, h_kv, n, d, generator=g)
+        cu = _cu(lengths)
+        out, _ = PA.flex_attention_forward(module, q, k, v, None, scaling=0.25, sliding_window=window, softcap=20.0,
+                                           cu_seq_lens_q=cu, max_length_q=max(lengths))
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            ref, _ = eager_attention_forward(module, q[:, :, a:b].double(), k[:, :, a:b].double(), v[:, :, a:b].double(),
+                                             sample_mask(b - a, window), scaling=0.25, softcap=20.0)
+            assert torch.allclose(out[0, a:b].double(), ref[0], rtol=1e-4, atol=1e-5), (lengths, window, a, b)
     torch._dynamo.reset()

@@ -75,7 +75,7 @@ def resolve_packing(family: Family, mode: str, device_type: str, dtype: torch.dt
         if not spec.block_mask:
             why = f"family {family.name!r} has no packed path on {device_type} in {dt}: {spec.why_not}"
         elif device_type == "cuda":
-            why = f"flash attention (varlen_attn) runs in bfloat16/float16 only, not {dt}"
+            why = f"the packed CUDA path ({spec.kernel}) runs in bfloat16/float16 only, not {dt}"
         else:
             why = f"on {device_type} the block-diagonal mask makes attention quadratic in the packed row"
     if mode == "on":

@@ -61,10 +61,13 @@ def available() -> bool:
 
 
 def flex_available(device_type: str = "cuda") -> bool:
-    """FlexAttention compiled for this device: torch's flex_attention and, on CUDA, Triton."""
+    """FlexAttention as this module uses it: torch's flex_attention with ``BlockMask.from_kv_blocks`` taking
+    ``seq_lengths`` and, on CUDA, Triton to compile it."""
     try:
         from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
     except ImportError:
+        return False
+    if "seq_lengths" not in inspect.signature(BlockMask.from_kv_blocks).parameters:
         return False
     if device_type != "cuda":
         return True  # uncompiled (the reference path that materialises the scores): the CPU tests
@@ -75,7 +78,7 @@ def flex_available(device_type: str = "cuda") -> bool:
 
 def describe(kernel: str = "varlen_attn") -> str:
     if kernel == "flex_attention":
-        return (f"torch.nn.attention.flex_attention {torch.__version__} (compiled; soft-capping as score_mod; samples, "
+        return (f"torch.nn.attention.flex_attention {torch.__version__} (compiled on CUDA; soft-capping as score_mod; samples, "
                 f"causality and sliding windows as a block mask; rows padded to a power of two >= {FLEX_MIN_LEN})")
     caps = capabilities()
     if not caps:
@@ -213,15 +216,21 @@ def _flex_kernel(device_type: str):
     uncompiled reference path, which materialises the scores (the CPU tests)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    if device_type != "cuda":
-        return flex_attention
-    import torch._dynamo.config as dynamo_config
+    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
 
-    # One graph per padded length (7 from 1,024 to 65,536) and per GPU a model is spread over; past torch's default
-    # of 8, dynamo would run flex_attention uncompiled, materialising every N x N score matrix.
-    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
-    return torch.compile(flex_attention, dynamic=False)
+
+FLEX_RECOMPILE_LIMIT = 512
+
+
+def _compile_limits():
+    """For the compiled call only: room for one graph per padded length (7 from 1,024 to 65,536), per GPU a model
+    is spread over and per scale/soft-cap constant (one per model), and an error past it: at torch's default of
+    8, dynamo would silently run flex_attention uncompiled, materialising every N x N score matrix."""
+    import torch._dynamo.config as cfg
+
+    limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # the name before torch 2.6
+    fail = "fail_on_recompile_limit_hit" if hasattr(cfg, "fail_on_recompile_limit_hit") else "fail_on_cache_limit_hit"
+    return cfg.patch(**{limit: FLEX_RECOMPILE_LIMIT, **({fail: True} if hasattr(cfg, fail) else {})})
 
 
 _FLEX_MASKS: dict = {}  # the last row's masks: every layer of one forward gets the same cu_seqlens tensor
@@ -264,8 +273,10 @@ def flex_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
     def soft_cap(score, b, h, qi, kv):
         return cap * torch.tanh(score / cap)
 
-    out = _flex_kernel(query.device.type)(q, k, v, score_mod=soft_cap if cap else None, block_mask=_row_mask(cu_seq_lens_q, n, n_pad, sliding_window),
-             scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    mask = _row_mask(cu_seq_lens_q, n, n_pad, sliding_window)
+    with _compile_limits():
+        out = _flex_kernel(query.device.type)(q, k, v, score_mod=soft_cap if cap else None, block_mask=mask, scale=scaling,
+                                              enable_gqa=query.shape[1] != key.shape[1])
     return out[:, :, :n].transpose(1, 2).contiguous(), None
 
 
