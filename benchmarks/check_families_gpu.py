@@ -1,7 +1,7 @@
 """On CUDA: every family through ``maxact measure`` on a saved tiny checkpoint, with the attention
 implementation and kernels the registry picks on the GPU (eager for Gemma 2 and gpt-oss unless
 ``--attn-implementation`` names another, flash-linear-attention for Qwen3.5 where installed), against the
-float64 CPU reference of the tests (computed in a child process that cannot import fla).
+float64 CPU reference of the tests (where fla is installed, computed in a child process that cannot import it).
 
     python benchmarks/check_families_gpu.py [--dtype float32] [--types gemma2 gpt_oss ...]
 
@@ -24,24 +24,10 @@ TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "x = [1, 2, 3]", "
          "def f(a, b):\n    return a ** b  # power", "Lorem ipsum dolor sit amet, consectetur " * 2]
 
 
-def _reference_without_gpu_kernels(folder, max_len):
-    """The float64 CPU reference in a child process that cannot import fla: transformers binds fla's Triton
-    kernels when it imports the model code, and they cannot run on the CPU tensors of the reference."""
-    import subprocess
-
-    code = (f"import sys, json; sys.modules['fla'] = None; sys.path.insert(0, {str(TESTS)!r})\n"
-            "from tiny_models import reference_layer_extremes\n"
-            f"ext, n = reference_layer_extremes({str(folder)!r}, {TEXTS!r}, {max_len})\n"
-            "print(json.dumps([{str(k): v for k, v in ext.items()}, n]))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    ext, n = json.loads(p.stdout.strip().splitlines()[-1])
-    return {int(k): tuple(v) for k, v in ext.items()}, n
-
-
 def main(argv=None) -> int:
     from maxact.cli import main as cli
     from maxact.models.registry import FAMILIES, supported_model_types
-    from tiny_models import save_tiny_checkpoint
+    from tiny_models import call_without_fla, save_tiny_checkpoint
 
     remote = {t for f in FAMILIES if f.remote_code for t in f.model_types}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,7 +51,7 @@ def main(argv=None) -> int:
                 if rc != 0:
                     raise RuntimeError(f"maxact measure exited {rc}")
                 r = json.loads((out / "activation_stats.json").read_text())
-                ref, n = _reference_without_gpu_kernels(folder, a.max_len)
+                ref, n = call_without_fla("tiny_models", "reference_layer_extremes", str(folder), TEXTS, a.max_len)
                 worst = 0.0
                 for i in range(n):
                     st = r["per_layer_stats"][f"layer_{i}_hidden"]

@@ -96,3 +96,27 @@ def reference_layer_extremes(folder, texts, max_len):
     for h in handles:
         h.remove()
     return ext, len(layers)
+
+
+def call_without_fla(module: str, name: str, *args, path=()):
+    """``module.name(*args)`` where flash-linear-attention cannot be imported: transformers binds fla's Triton
+    kernels when it imports the model code, whatever the device, and they cannot take a CPU reference's tensors.
+    Called here when fla is not installed, else in a child process that hides it (``args`` as Python literals,
+    ``path`` more folders to import from; the result comes back through torch.save)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("fla") is None:
+        return getattr(importlib.import_module(module), name)(*args)
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    folders = [str(Path(__file__).resolve().parent), *map(str, path)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "result.pt")
+        code = (f"import importlib, sys, torch; sys.modules['fla'] = None; sys.path[:0] = {folders!r}\n"
+                f"torch.save(getattr(importlib.import_module({module!r}), {name!r})(*{args!r}), {out!r})")
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return torch.load(out, weights_only=False)

@@ -13,22 +13,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from test_cuda_packing import BF16_STEPS, VARLEN
-from test_linear_inputs import MOE_TYPES, TYPES, _assert_equal, _load, expert_row, reference
+from test_linear_inputs import MOE_TYPES, TYPES, _assert_equal, _load, expert_row
 
 from maxact.measurement.batching import make_batches, run_batches
 from maxact.measurement.hooks import Measurement
 from maxact.measurement.packing import resolve_packing
 from maxact.models.registry import family_for
-from tiny_models import save_tiny_checkpoint
+from tiny_models import call_without_fla, save_tiny_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -39,21 +36,6 @@ LINEAR_ATTENTION_RTOL = 2e-2
 def _samples():
     g = torch.Generator().manual_seed(0)
     return [torch.randint(3, 200, (n,), generator=g).tolist() for n in (9, 4, 17, 6, 12, 30, 3)]
-
-
-def _reference(folder, samples, tmp_path):
-    """test_linear_inputs' float64 CPU reference; where fla is installed, in a child process that cannot import
-    it: transformers binds fla's Triton kernels when it imports the model code, and they cannot run on the
-    reference's CPU tensors (the linear-attention families stopped there)."""
-    if importlib.util.find_spec("fla") is None:
-        return reference(folder, samples)
-    here = Path(__file__).resolve().parent
-    out = tmp_path / "reference.pt"
-    code = (f"import sys, torch; sys.modules['fla'] = None; sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]\n"
-            "from test_linear_inputs import reference\n"
-            f"torch.save(reference({str(folder)!r}, {samples!r}), {str(out)!r})")
-    subprocess.run([sys.executable, "-c", code], check=True)
-    return torch.load(out, weights_only=False)
 
 
 def _measure(model, samples, mode: str, dtype):
@@ -73,7 +55,9 @@ def test_packed_linear_inputs_on_cuda_equal_float64_reference(tmp_path, model_ty
     model = _load(folder, torch.float32).to("cuda")
     block = family_for(model.config).packing.block_mask
     stats, experts, method = _measure(model, samples, "on" if block else "off", torch.float32)
-    ref, ref_experts = _reference(folder, samples, tmp_path)
+    # the float64 CPU reference, where fla is installed in a process without it (the linear-attention families)
+    ref, ref_experts = call_without_fla("test_linear_inputs", "reference", str(folder), samples,
+                                        path=[Path(__file__).resolve().parent])
     text = getattr(model.config, "text_config", None) or model.config
     rtol = LINEAR_ATTENTION_RTOL if "linear_attention" in (getattr(text, "layer_types", None) or []) else 1e-4
     assert set(stats) == set(ref)

@@ -52,17 +52,19 @@ def resolve_packing(family: Family, mode: str, device_type: str, dtype: torch.dt
     half = dtype in (torch.bfloat16, torch.float16)
     named = attn_implementation not in (None, "", "auto")
     dt = str(dtype).replace("torch.", "")
+    flex = spec.kernel == "flex_attention"
+    head_dim = _head_dim(model) if flex and model is not None else None
     if device_type == "cuda" and half:
         if not spec.varlen:
             why = f"family {family.name!r} cannot run packed on CUDA: {spec.why_not}"
         elif spec.recurrent and not recurrent_kernels_pack(model):
             why = f"family {family.name!r} cannot run packed here: {spec.why_not}"
-        elif spec.kernel == "flex_attention" and not packed_attention.flex_available(device_type):
+        elif flex and not packed_attention.flex_available(device_type):
             why = f"family {family.name!r} packs through FlexAttention, which this torch ({torch.__version__}) cannot compile here"
-        elif spec.kernel == "flex_attention" and model is not None and _head_dim(model) < packed_attention.FLEX_MIN_HEAD_DIM:
+        elif flex and head_dim is not None and head_dim < packed_attention.FLEX_MIN_HEAD_DIM:
             why = (f"family {family.name!r} packs through FlexAttention, whose compiled kernel needs attention heads of at "
-                   f"least {packed_attention.FLEX_MIN_HEAD_DIM} dimensions; this model's have {_head_dim(model)}")
-        elif spec.kernel != "flex_attention" and not packed_attention.available():
+                   f"least {packed_attention.FLEX_MIN_HEAD_DIM} dimensions; this model's have {head_dim}")
+        elif not flex and not packed_attention.available():
             why = f"this torch ({torch.__version__}) has no torch.nn.attention.varlen.varlen_attn"
         elif named:
             why = (f"runtime.attn_implementation is {attn_implementation!r}, and a packed row on CUDA runs "
@@ -108,7 +110,7 @@ def packed_forward(backbone: torch.nn.Module, family: Family, method: str):
     depth = getattr(backbone, "_maxact_packed_depth", 0)
     if depth == 0:
         backbone._maxact_attn_before = cfg._attn_implementation
-        cfg._attn_implementation = packed_attention.FLEX_NAME if family.packing.kernel == "flex_attention" else packed_attention.NAME
+        cfg._attn_implementation = packed_attention.function_name(family.packing.kernel)
     backbone._maxact_packed_depth = depth + 1
     try:
         with packed_recurrent.boundary_conv(backbone) if family.packing.recurrent else contextlib.nullcontext():

@@ -76,6 +76,11 @@ def flex_available(device_type: str = "cuda") -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def function_name(kernel: str) -> str:
+    """The attention function registered for a family's packed ``kernel`` ('varlen_attn' or 'flex_attention')."""
+    return FLEX_NAME if kernel == "flex_attention" else NAME
+
+
 def describe(kernel: str = "varlen_attn") -> str:
     if kernel == "flex_attention":
         return (f"torch.nn.attention.flex_attention {torch.__version__} (compiled on CUDA; soft-capping as score_mod; samples, "
