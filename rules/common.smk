@@ -6,6 +6,7 @@ from pathlib import Path
 # Let the Snakefile import the package from the checkout even before `pip install -e .`.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from maxact.stalelock import clear_stale_lock
 from maxact.study.resultset import PUBLISHED_INT8, discover_result_files
 from maxact.config import (
     checkpoint_entry,
@@ -19,6 +20,10 @@ from maxact.config import (
 
 SCHEMA = f"{workflow.basedir}/src/maxact/schema/config.schema.yaml"
 validate_config(config, SCHEMA)  # one snakemake.utils.validate (defaults filled in), path-aware messages on failure
+
+# A lock left by a run that was killed outright would stop the next plain run: removed when its owner is gone.
+if _unlocked := clear_stale_lock(Path.cwd()):
+    print(f"maxact: {_unlocked}", file=sys.stderr)
 
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
@@ -34,7 +39,11 @@ wildcard_constraints:
 
 
 def all_targets():
-    return report_targets(config)
+    """The report and every checkpoint's results: a plain run remakes any of them that a killed job removed, even
+    where the report is still there (Snakemake does not revisit a finished job's inputs otherwise)."""
+    calibration = expand(calibration_files(), ckpt=CHECKPOINTS) if EXPORTS else []
+    return (report_targets(config) + measured_results() + per_sample_tables() + calibration_results() + calibration
+            + int8_results() + probe_results())
 
 
 def group_prepared(wildcards):

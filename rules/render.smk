@@ -16,7 +16,17 @@ rule render:
         verdicts=rules.supplementary.output.verdicts,
         template=f"{workflow.basedir}/reports/templates/report.html.j2",
     output:
-        report=report(f"{REPORTS}/report.html", caption="../reports/captions/report.rst", category="Report"),
+        # The report folder holds everything it links (files/: result and calibration files), links relative.
+        report=f"{REPORTS}/report.html",
+        files=directory(f"{REPORTS}/files"),
+        # The same folder for Snakemake's own report (`snakemake --report report.zip`): embedded whole, so that the
+        # maxact report's figures and links work inside it too.
+        bundle=report(
+            directory(f"{RESULTS}/maxact_report"),
+            htmlindex="report.html",
+            caption="../reports/captions/report.rst",
+            category="Report",
+        ),
         figures=report(
             directory(f"{REPORTS}/figures"),
             patterns=["{name}.png"],

@@ -55,7 +55,9 @@ def test_add_special_tokens_flag(tmp_path, model_dir):
 def test_bad_texts_file_names_the_line(tmp_path, content, message):
     p = tmp_path / "t.jsonl"
     p.write_bytes(content)
-    with pytest.raises(SystemExit) as e:
+    from maxact.errors import InputError
+
+    with pytest.raises(InputError) as e:
         read_texts(p)
     assert message in str(e.value) and str(p) in str(e.value)
 

@@ -20,8 +20,6 @@ and config/test.yaml), for trying the Slurm setup on a throwaway workflow.
 from __future__ import annotations
 
 import importlib.util
-import json
-import math
 import os
 import re
 import shutil
@@ -30,6 +28,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from workflow_helpers import compare_results, result_files
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = Path(os.environ.get("MAXACT_SLURM_TEST_WORKFLOW") or REPO).resolve()
@@ -42,10 +42,6 @@ RUN_TIMEOUT = 1500  # seconds per Snakemake run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(2 * RUN_TIMEOUT + 300)]
 
-# JSON keys (and Parquet columns) whose values legitimately differ between two runs of the same
-# job: timestamps, durations (`duration*`, `wall*`, `elapsed*`, `seconds`, `*_seconds`), host
-# names, `run_*` ids.
-VOLATILE_KEY = re.compile(r"(^|_)(timestamp|created|hostname|duration|wall|elapsed)|^run_|(^|_)seconds$", re.I)
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*?)\)\.?$", re.M)
 
 
@@ -153,53 +149,6 @@ def _scontrol_job(jobid: str) -> dict[str, str]:
     return dict(re.findall(r"(\S+?)=(\S*)", p.stdout))
 
 
-def _clean(obj, roots: list[str]):
-    """Drop volatile keys recursively; replace each run's own directory in strings by <WD>."""
-    if isinstance(obj, dict):
-        return {k: _clean(v, roots) for k, v in obj.items() if not VOLATILE_KEY.search(str(k))}
-    if isinstance(obj, list):
-        return [_clean(v, roots) for v in obj]
-    if isinstance(obj, str):
-        for r in roots:
-            obj = obj.replace(r, "<WD>")
-        return obj
-    return obj
-
-
-def _diff(a, b, path="$") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            if k not in a or k not in b:
-                out.append(f"{path}.{k}: only in {'slurm' if k in b else 'local'} run")
-            else:
-                out += _diff(a[k], b[k], f"{path}.{k}")
-        return out
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} vs {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
-    if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, (int, float)):
-        if math.isnan(a) and math.isnan(b) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
-            return []
-        return [f"{path}: {a!r} (local) != {b!r} (slurm)"]
-    return [] if a == b else [f"{path}: {a!r} (local) != {b!r} (slurm)"]
-
-
-def _clean_frame(df, roots: list[str]):
-    import pandas as pd
-
-    df = df.drop(columns=[c for c in df.columns if VOLATILE_KEY.search(str(c))])
-    for c in df.columns:
-        if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
-            df[c] = df[c].map(lambda v: _clean(v, roots))
-    return df
-
-
-def _result_files(results: Path) -> set[str]:
-    return {str(p.relative_to(results)) for p in results.rglob("*") if p.is_file()}
-
-
 # --------------------------------------------------------------------------- tests
 
 
@@ -245,28 +194,7 @@ def test_gpu_rules_asked_slurm_for_gpus(runs):
 def test_slurm_results_equal_local_results(runs):
     (lwd, _), (swd, _) = runs["local"], runs["slurm"]
     lres, sres = lwd / "results", swd / "results"
-    lfiles, sfiles = _result_files(lres), _result_files(sres)
-    assert lfiles, "the local run produced no results"
-    assert lfiles == sfiles, f"only local: {sorted(lfiles - sfiles)}; only slurm: {sorted(sfiles - lfiles)}"
-
+    assert result_files(lres), "the local run produced no results"
     roots = [str(lwd), str(swd), str(lwd.resolve()), str(swd.resolve())]
-    json_files = sorted(f for f in lfiles if f.endswith(".json"))
-    parquet_files = sorted(f for f in lfiles if f.endswith(".parquet"))
-    assert json_files or parquet_files, f"no JSON or Parquet results among {sorted(lfiles)[:20]}"
-    problems = []
-    for f in json_files:
-        a = _clean(json.loads((lres / f).read_text()), roots)
-        b = _clean(json.loads((sres / f).read_text()), roots)
-        problems += [f"{f}: {d}" for d in _diff(a, b)[:10]]
-
-    import pandas as pd
-
-    for f in parquet_files:
-        a, b = pd.read_parquet(lres / f), pd.read_parquet(sres / f)
-        # Volatile columns (same rule as JSON keys) go; each run's own directory becomes <WD>.
-        a, b = (_clean_frame(df, roots) for df in (a, b))
-        try:
-            pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-12)
-        except AssertionError as e:
-            problems.append(f"{f}: {str(e)[:1500]}")
+    problems = compare_results(lres, sres, roots, names=("local", "slurm"))
     assert not problems, "Slurm results differ from local results:\n" + "\n".join(problems[:40])

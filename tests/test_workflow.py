@@ -2,52 +2,11 @@
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_CONFIG = REPO / "config" / "test.yaml"
-
-
-def snakemake(workdir: Path, *args, configfile: Path = TEST_CONFIG, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile), "--cores", "2", "--resources", "gpu=1", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    if check and p.returncode != 0:
-        raise AssertionError(f"snakemake failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
-    return p
-
-
-def planned(output: str) -> dict[str, int]:
-    """Job counts per rule from a dry run's 'Job stats' table."""
-    m = re.search(r"Job stats:\n(.*?)\n\n", output + "\n\n", re.S)
-    counts = {}
-    if m:
-        for line in m.group(1).splitlines()[2:]:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-                counts[parts[0]] = int(parts[1])
-    return counts
-
-
-def planned_wildcards(output: str, rule: str) -> list[str]:
-    out = []
-    for block in re.split(r"\n(?=(?:local)?rule )", output):
-        if block.startswith((f"rule {rule}:", f"localrule {rule}:")):
-            m = re.search(r"wildcards: (.*)", block)
-            out.append(m.group(1).strip() if m else "")
-    return out
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("study")
-    p = snakemake(wd)
-    return wd, p
+from workflow_helpers import REPO, TEST_CONFIG, planned, planned_wildcards, snakemake
 
 
 @pytest.mark.slow
@@ -79,7 +38,8 @@ def test_end_to_end_outputs(study):
         for f in ("act_scales.pt", "imatrix.gguf", "input_scales_int8.safetensors", "input_scales_fp8.safetensors",
                   "awq_stats.safetensors"):
             assert f in cal["files"] and (res / "calibration" / ck / f).stat().st_size > 0
-            assert f"calibration/{ck}/{f}" in html
+            assert f"files/{ck}/calibration/{f}" in html  # a copy inside the report folder
+            assert (rep / "files" / ck / "calibration" / f).read_bytes() == (res / "calibration" / ck / f).read_bytes()
         card = (rep / "cards" / f"{ck}.activation_card.md").read_text()
         assert "act_scales.pt" in card and "imatrix.gguf" in card
     # The published 27 sit beside the measured ones.
@@ -168,6 +128,12 @@ def test_editing_the_published_config_reruns_exactly_what_reads_it(study, tmp_pa
         (lambda c: c["tokenization"].update(max_seq_len="long"), "tokenization.max_seq_len"),
         (lambda c: c["checkpoints"][0].update(sourc="hub"), "checkpoints.0.sourc"),
         (lambda c: c["checkpoints"][0].update(name="org/model"), "checkpoints.0.name"),
+        # every number has its range, named with the key
+        (lambda c: c.setdefault("runtime", {}).update(batch_size=0), "'runtime.batch_size': 0 is less than the minimum of 1"),
+        (lambda c: c["int8"].update(seed=-1), "'int8.seed': -1 is less than the minimum of 0"),
+        (lambda c: c["checkpoints"][0].update(params_b=0), "'checkpoints.0.params_b': 0 is less than or equal to the minimum of 0"),
+        (lambda c: c["analysis"].update(bootstrap_seeds=10**6), "'analysis.bootstrap_seeds': 1000000 is greater than the maximum of 10000"),
+        (lambda c: c["corpus"].update(max_samples=0), "'corpus.max_samples': 0 is less than the minimum of 1"),
     ],
 )
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, mutate, expected):
@@ -277,3 +243,44 @@ def test_rehearsal_shapes_build_to_their_parameter_counts():
             model = loader_class(family_for(cfg), cfg.model_type).from_config(cfg)
         n = sum(p.numel() for p in model.parameters()) / 1e9
         assert n == pytest.approx(PUBLIC_PARAMS_B[c["name"]], rel=0.02), c["name"]
+
+
+@pytest.mark.slow
+def test_truncation_is_counted_by_the_tokenize_rule_and_carried_to_the_results_and_report(study):
+    """The test study cuts its corpus to 96 tokens: the tokenize rule's record, each result's provenance and the report
+    say how many samples and tokens were cut, checked against the corpus tokenized here with the checkpoint's own
+    tokenizer."""
+    import gzip
+
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    wd, p = study
+    res = wd / "results" / "test"
+    texts = [json.loads(x) for x in gzip.open(res / "corpus" / "corpus.jsonl.gz", "rt")]
+    prepared = json.loads((res / "checkpoints" / "tiny-llama" / "prepared.json").read_text())
+    tok = AutoTokenizer.from_pretrained(wd / prepared["load_path"])  # relative to the workflow folder
+    n = {t["id"]: len(tok(t["text"], add_special_tokens=False, split_special_tokens=True)["input_ids"]) for t in texts}
+    cut = {k: v - 96 for k, v in n.items() if v > 96}
+    assert cut, "the test corpus has no sample over 96 tokens: nothing was tested"
+    meta = json.loads(pq.read_table(res / "tokens" / "tiny-llama" / "tokens.parquet").schema.metadata[b"maxact"])
+    prov = json.loads((res / "measure" / "tiny-llama" / "activation_stats.json").read_text())["provenance"]["tokenization"]
+    for rec in (meta["truncation"], prov["truncation"]):
+        assert rec["samples"] == len(cut) and rec["tokens_dropped"] == sum(cut.values()) and rec["max_seq_len"] == 96
+        assert set(rec["sample_ids"]) <= set(cut)
+    assert "were cut to it" in p.stderr  # the warning reaches the console, not only the log
+    html = (res / "reports" / "report.html").read_text()
+    assert f"{len(cut)} sample(s) longer than max_seq_len 96 were cut" in html
+
+
+@pytest.mark.slow
+def test_truncation_off_refuses_over_long_samples_by_name(tmp_path):
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["tokenization"]["truncate"] = False
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    p = snakemake(tmp_path, "--until", "tokenize", configfile=path, check=False)
+    assert p.returncode != 0
+    log = (tmp_path / "results" / "test" / "logs" / "tokenize" / "tiny-llama.log").read_text()
+    assert "longer than max_seq_len 96 tokens and truncation is off" in log and "tokenization.truncate: true" in log
+    assert not (tmp_path / "results" / "test" / "tokens" / "tiny-llama" / "tokens.parquet").exists()

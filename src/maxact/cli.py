@@ -1,5 +1,9 @@
 """Command line: ``maxact measure`` (one checkpoint, same code as the measure rule), ``maxact aggregate``,
-``maxact card``."""
+``maxact card``.
+
+Exit codes (one rule, in the README): 0 success; 2 a usage, config or input error (the message names the option or
+file and the fix; nothing was computed or changed); 1 the run started and failed; 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,46 @@ import re
 import sys
 from pathlib import Path
 
+from maxact.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, InputError
+
+#: What a --model that is meant as a path looks like (a hub id is "org/name" or "name").
+_PATH_LIKE = re.compile(r"^(\.{1,2}/|/|~)|\.gguf$|\\")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
 
 def _entry_for(model: str, gguf_file: str | None, revision: str | None, trust_remote_code: bool) -> dict:
+    """The checkpoint entry for ``--model``: a local folder, a .gguf file or a hub id, checked before any work."""
     p = Path(model).expanduser()
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", (p.stem if p.suffix == ".gguf" else p.name) if p.exists() else model.split("/")[-1])
-    if p.exists() and (p.suffix == ".gguf" or gguf_file):
-        return {"name": name, "source": "gguf", "path": str(p), "gguf_file": gguf_file}
-    if p.is_dir():
-        return {"name": name, "source": "local", "path": str(p), "trust_remote_code": trust_remote_code}
+    if p.exists():
+        if revision:
+            raise InputError(f"--revision applies to hub ids only; --model {model} is a local path (its files are measured as they are)")
+        if p.is_file() and p.suffix != ".gguf":
+            raise InputError(f"--model {model} is a file but not a .gguf file: give a checkpoint folder (config.json, weights, "
+                             "tokenizer), a .gguf file or a hub id")
+        if p.suffix == ".gguf" or gguf_file:
+            if gguf_file and not (p / gguf_file).exists():
+                raise InputError(f"--gguf-file {gguf_file} is not in the folder {p}")
+            return {"name": name, "source": "gguf", "path": str(p.resolve()), "gguf_file": gguf_file}
+        return {"name": name, "source": "local", "path": str(p.resolve()), "trust_remote_code": trust_remote_code}
     if gguf_file:
-        raise SystemExit(f"--gguf-file needs --model to be a local folder or .gguf file; {model!r} does not exist")
+        raise InputError(f"--gguf-file needs --model to be a local folder holding it; {model!r} does not exist")
+    if _PATH_LIKE.search(model) or not _HUB_ID.match(model):
+        raise InputError(f"--model {model}: no such file or folder (and not a hub id of the form org/name). Check the path.")
     return {"name": name, "source": "hub", "model_id": model, "revision": revision or "main", "trust_remote_code": trust_remote_code}
+
+
+def _identity(entry: dict) -> dict:
+    """What the output folder's results belong to (a rerun of the same checkpoint may replace them)."""
+    return {"checkpoint": entry["name"], "source": entry["source"], "model": entry.get("model_id") or entry.get("path"),
+            "gguf_file": entry.get("gguf_file")}
 
 
 def read_texts(path) -> list[dict]:
     """One ``{"id": ..., "text": ...}`` a line; a clear error names the bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--texts {path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
     recs, seen = [], set()
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -33,52 +62,65 @@ def read_texts(path) -> list[dict]:
             try:
                 r = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise SystemExit(f"{path}:{n}: not a UTF-8 JSON line ({e}); expected {{\"id\": ..., \"text\": ...}}")
+                raise InputError(f"{path}:{n}: not a UTF-8 JSON line ({e}); expected {{\"id\": ..., \"text\": ...}}") from None
             if not isinstance(r, dict) or "text" not in r:
-                raise SystemExit(f"{path}:{n}: a record needs a 'text' field")
+                raise InputError(f"{path}:{n}: a record needs a 'text' field; expected {{\"id\": ..., \"text\": ...}}")
+            if not isinstance(r["text"], str) or not r["text"].strip():
+                raise InputError(f"{path}:{n}: 'text' must be a non-empty string (got {type(r['text']).__name__} "
+                                 f"{str(r['text'])[:40]!r})")
+            if "id" in r and (isinstance(r["id"], bool) or not isinstance(r["id"], (str, int))):
+                raise InputError(f"{path}:{n}: 'id' must be a string or an integer (got {r['id']!r})")
             rid = str(r.get("id", f"line{n}"))
             if rid in seen:
-                raise SystemExit(f"{path}:{n}: duplicate id {rid!r}")
+                raise InputError(f"{path}:{n}: duplicate id {rid!r}; every text needs its own id")
             seen.add(rid)
             recs.append({"id": rid, "text": r["text"], "category": r.get("category")})
     if not recs:
-        raise SystemExit(f"{path}: no texts; the file is empty")
+        raise InputError(f"{path}: no texts; the file is empty")
     return recs
 
 
 def cmd_measure(a) -> int:
+    # Everything the user gave is checked before any work: the texts, the model path, the settings, the folder
+    # (the first two before the heavy imports, so that a typo is reported at once).
+    records = read_texts(a.texts)
+    entry = _entry_for(a.model, a.gguf_file, a.revision, a.trust_remote_code)
+
     from maxact.corpus.tokenization import tokenize_records, tokenizer_fingerprint
     from maxact.io import sha256_file, write_json
+    from maxact.measurement.settings import MeasureSettings
     from maxact.models.checkpoints import load_tokenizer, prepare_checkpoint
+    from maxact.outdir import OwnedDir
     from maxact.stages.measure import measure_checkpoint
 
-    entry = _entry_for(a.model, a.gguf_file, a.revision, a.trust_remote_code)
-    prepared = prepare_checkpoint(entry, a.cache_dir)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "prepared.json", prepared)
-    tok = load_tokenizer(prepared)
-    records = read_texts(a.texts)
+    settings = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens,
+                "attn_implementation": a.attn_implementation, "packing": a.packing, "topk": a.topk,
+                "full_stats": a.full_stats, "checkpoint_every": a.checkpoint_every,
+                "linear_inputs": a.calibration, "exports": _exports(a.export), "fill_uncovered": a.fill_uncovered}
+    MeasureSettings.of(settings)
+    out = OwnedDir(a.out, overwrite=a.overwrite)
+    out.claim(_identity(entry))
     if a.max_samples:
         records = records[: a.max_samples]
-    df = tokenize_records(records, tok, a.max_seq_len, a.add_special_tokens)
+
+    prepared = prepare_checkpoint(entry, a.cache_dir)
+    tok = load_tokenizer(prepared)
+    df = tokenize_records(records, tok, a.max_seq_len, a.add_special_tokens, truncate=a.truncate)  # cuts: warned by measure
     meta = {"tokenizer_sha256": tokenizer_fingerprint(tok), "corpus_sha256": sha256_file(a.texts),
-            "max_seq_len": a.max_seq_len, "add_special_tokens": a.add_special_tokens}
-    settings = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens,
-                "attn_implementation": a.attn_implementation, "packing": a.packing,
-                "linear_inputs": a.calibration, "exports": _exports(a.export), "fill_uncovered": a.fill_uncovered}
-    r = measure_checkpoint(prepared, df, meta, out, settings=settings, write_exports=True)
+            "max_seq_len": a.max_seq_len, "add_special_tokens": a.add_special_tokens, "truncate": a.truncate}
+    with out.staging() as stage:  # the earlier results stay as they were unless this whole run succeeds
+        write_json(stage / "prepared.json", prepared)
+        r = measure_checkpoint(prepared, df, meta, stage, settings=settings, write_exports=True, resume_dir=out.resume_dir)
+        files = out.commit()
     print(f"{prepared['name']}: global max {r['global_max_activation']} at {r['global_max_location']}")
     p = r.get("peak") or {}
     print(f"  peak: sample {p.get('sample_id')} position {p.get('position')} token {p.get('token')!r} channel {p.get('channel')}")
-    print(f"  wrote {out / 'activation_stats.json'} and {out / 'per_sample_extremes.parquet'}")
+    print(f"  wrote {len(files)} file(s) to {out.path}: {', '.join(files)}")
     cal = r.get("calibration") or {}
-    for f in cal.get("files", []):
-        print(f"  wrote {out / f}")
     if cal.get("uncovered"):
         print(f"  no calibration token reached {len(cal['uncovered'])} module(s)/expert(s) (left out of every file): "
               f"{', '.join(cal['uncovered'][:5])}{' ...' if len(cal['uncovered']) > 5 else ''}")
-    return 0
+    return EXIT_OK
 
 
 def _exports(value: str | None) -> list[str]:
@@ -87,80 +129,160 @@ def _exports(value: str | None) -> list[str]:
     names = [v.strip() for v in (value or "").split(",") if v.strip()]
     unknown = [n for n in names if n not in EXPORTS]
     if unknown:
-        raise ValueError(f"unknown --export {', '.join(unknown)}: choose from {', '.join(EXPORTS)} (comma-separated)")
+        raise InputError(f"unknown --export {', '.join(unknown)}: choose from {', '.join(EXPORTS)} (comma-separated)")
     return names
 
 
 def cmd_card(a) -> int:
     from maxact.report.card import write_card
 
-    paths = write_card(a.result_dir, a.out)
-    for p in paths:
+    for p in write_card(a.result_dir, a.out):
         print(p)
-    return 0
+    return EXIT_OK
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's default at the end of its help line (none where it has none)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if action.dest == "help" or not action.option_strings or "%(default)" in h or "(default:" in h:
+            return h
+        if action.required:
+            return h + " (required)"
+        if action.nargs == 0:  # a flag: not given unless written
+            return h + " (default: off)"
+        if action.default is None or action.default == []:
+            return h + " (default: none)"
+        return h + " (default: %(default)s)"
+
+
+def _number(section: str | None, key: str, option: str, schema_file=None):
+    """An argparse type: an integer within the schema's range for ``section.key``, named as ``option`` when refused."""
+    from maxact import schema
+
+    def parse(text: str):
+        try:
+            value = int(text)
+        except ValueError:
+            lo, hi, excl = schema.bounds(section, key, schema_file or schema.CONFIG)
+            raise argparse.ArgumentTypeError(f"must be {schema.describe_range(lo, hi, excl)} (got {text!r})") from None
+        try:
+            return schema.check_number(value, section, key, name=option, schema=schema_file or schema.CONFIG)
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{option} ")) from None
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _device(text: str) -> str:
+    from maxact.measurement.settings import DEVICE_RE
+
+    if not DEVICE_RE.match(text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N (got {text!r})")
+    return text
+
+
+def _verbose(parser: argparse.ArgumentParser) -> None:
+    """-v after the command as well as before it (SUPPRESS: not given here keeps the top level's value)."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress, and print the traceback of a failure")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from maxact import schema
 
-    runtime, study = schema.defaults("runtime"), schema.defaults()  # the schema's defaults, not restated here
-    tokenization = schema.defaults("tokenization")
-    ap = argparse.ArgumentParser(prog="maxact", description="Measure maximum activations of LLM checkpoints.")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    runtime, study, measure = schema.defaults("runtime"), schema.defaults(), schema.defaults("measure")
+    tokenization = schema.defaults("tokenization")  # the schema's defaults, not restated here
+    ap = argparse.ArgumentParser(prog="maxact", description="Measure maximum activations of LLM checkpoints.",
+                                 epilog="Exit codes: 0 done; 2 usage, config or input error (nothing was run); 1 the run "
+                                        "failed; 130 interrupted.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress, and print the traceback of a failure")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    m = sub.add_parser("measure", help="measure one checkpoint on a JSONL file of texts")
-    m.add_argument("--model", required=True, help="hub id, local folder, or .gguf file")
+    m = sub.add_parser("measure", help="measure one checkpoint on a JSONL file of texts", formatter_class=_Help,
+                       description="Measure one checkpoint on a JSONL file of texts into --out (the measure rule's code).")
+    m.add_argument("--model", required=True, help="local checkpoint folder, .gguf file, or hub id (org/name)")
     m.add_argument("--gguf-file", help="GGUF file name inside a local --model folder")
-    m.add_argument("--revision", help="hub revision (default main)")
-    m.add_argument("--texts", required=True, help='JSONL, one {"id": ..., "text": ...} a line')
-    m.add_argument("--out", required=True)
-    m.add_argument("--max-seq-len", type=int, default=tokenization["max_seq_len"])
-    m.add_argument("--batch-size", type=int, default=runtime["batch_size"])
-    m.add_argument("--max-batch-tokens", type=int, default=runtime["max_batch_tokens"])
-    m.add_argument("--max-samples", type=int)
-    m.add_argument("--device", default=runtime["device"], help="auto, cpu, cuda or cuda:N")
-    m.add_argument("--dtype", default=runtime["dtype"], choices=["auto", "float32", "bfloat16", "float16"])
+    m.add_argument("--revision", help="hub revision (branch, tag or commit) of a hub id (default: main)")
+    m.add_argument("--texts", required=True, help='JSONL file, one {"id": ..., "text": ...} a line')
+    m.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the results; a folder holding another checkpoint's results is refused unless --overwrite")
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace another checkpoint's results in --out (removed only once this run has succeeded)")
+    m.add_argument("--max-seq-len", type=_number("tokenization", "max_seq_len", "--max-seq-len"), default=tokenization["max_seq_len"],
+                   help="most tokens a text keeps; a longer text is cut, counted and reported")
+    m.add_argument("--no-truncate", dest="truncate", action="store_false",
+                   help="refuse texts longer than --max-seq-len, naming them, instead of cutting them")
+    m.add_argument("--batch-size", type=_number("runtime", "batch_size", "--batch-size"), default=runtime["batch_size"],
+                   help="most texts per forward batch")
+    m.add_argument("--max-batch-tokens", type=_number("runtime", "max_batch_tokens", "--max-batch-tokens"),
+                   default=runtime["max_batch_tokens"], help="most tokens per batch")
+    m.add_argument("--max-samples", type=_number("measure", "max_samples", "--max-samples"),
+                   help="measure only the first N texts of --texts")
+    m.add_argument("--topk", type=_number("measure", "topk", "--topk"), default=measure["topk"],
+                   help="largest |a| kept per point with their sample, position, token and channel")
+    m.add_argument("--full-stats", default=measure["full_stats"], choices=["paper", "all"],
+                   help="where quantiles and the massive-activation criterion are computed: the paper's points or all")
+    m.add_argument("--checkpoint-every", type=_number("runtime", "checkpoint_every", "--checkpoint-every"),
+                   default=runtime["checkpoint_every"],
+                   help="save partial statistics every N batches; the same command run again resumes (0: never)")
+    m.add_argument("--device", type=_device, default=runtime["device"], help="auto, cpu, cuda or cuda:N")
+    m.add_argument("--dtype", default=runtime["dtype"], choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 on CUDA, float32 on the CPU")
     m.add_argument("--attn-implementation", default=runtime["attn_implementation"],
                    choices=["auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"],
                    help="auto: the family's fastest exact one on this device (see the registry)")
-    m.add_argument("--packing", default=schema.defaults("measure")["packing"], choices=["auto", "on", "off"],
+    m.add_argument("--packing", default=measure["packing"], choices=["auto", "on", "off"],
                    help="auto: one packed row per batch where that is exact (CUDA), else padded; on: pack or stop; off: padded")
     m.add_argument("--calibration", action="store_true",
                    help="record every linear layer's input statistics (linear_inputs.safetensors), the data of --export")
-    m.add_argument("--export", help="calibration files to write: smoothquant,imatrix,input_scales,awq (comma-separated)")
-    m.add_argument("--fill-uncovered", default=schema.defaults("measure")["fill_uncovered"], choices=["none", "max_over_layer"],
+    m.add_argument("--export", metavar="LIST", help="calibration files to write: smoothquant,imatrix,input_scales,awq (comma-separated)")
+    m.add_argument("--fill-uncovered", default=measure["fill_uncovered"], choices=["none", "max_over_layer"],
                    help="scales for experts no token reached: none (left out, listed) or the max over the layer's others")
     m.add_argument("--add-special-tokens", action="store_true",
-                   help="follow the tokenizer's own BOS/EOS convention (default: none added, as in the paper)")
+                   help="follow the tokenizer's own BOS/EOS convention (off: none added, as in the paper)")
     m.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")
-    m.add_argument("--cache-dir", default=study["cache_dir"])
+    m.add_argument("--cache-dir", default=study["cache_dir"], help="folder for GGUF conversions (reused across runs)")
     m.set_defaults(func=cmd_measure)
+    _verbose(m)
 
-    try:
-        from maxact.stages.aggregate import add_aggregate_arguments, aggregate_main
+    from maxact.stages.aggregate import add_aggregate_arguments, aggregate_main
 
-        g = sub.add_parser("aggregate", help="aggregate result files (measured and published) and derive the claims")
-        add_aggregate_arguments(g)
-        g.set_defaults(func=aggregate_main)
-    except ImportError:  # pragma: no cover
-        pass
+    g = sub.add_parser("aggregate", help="aggregate result files (measured and published) and derive the claims",
+                       formatter_class=_Help)
+    add_aggregate_arguments(g)
+    g.set_defaults(func=aggregate_main)
+    _verbose(g)
 
-    c = sub.add_parser("card", help="write an activation card (Markdown + JSON) for one measured result folder")
-    c.add_argument("result_dir")
-    c.add_argument("--out", help="output folder (default: the result folder)")
+    c = sub.add_parser("card", help="write an activation card (Markdown + JSON) for one measured result folder",
+                       formatter_class=_Help)
+    c.add_argument("result_dir", help="a measure output folder (holding activation_stats.json)")
+    c.add_argument("--out", metavar="DIR", help="folder for the card; the result folder when not given")
     c.set_defaults(func=cmd_card)
+    _verbose(c)
     return ap
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+    a = build_parser().parse_args(argv)  # a usage error exits 2 here, naming the option
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(a.func(a) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        return int(a.func(a) or EXIT_OK)
+    except InputError as e:
         print(f"maxact: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("maxact: interrupted; earlier results are unchanged (with --checkpoint-every the same command resumes)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # the run failed: one line, the traceback with -v
+        if a.verbose:
+            logging.exception("run failed")
+        print(f"maxact: error: the run failed: {type(e).__name__}: {e} (earlier results in the output folder are unchanged; "
+              "-v shows the traceback)", file=sys.stderr)
+        return EXIT_RUN_FAILED
 
 
 if __name__ == "__main__":

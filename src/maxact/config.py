@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from maxact import schema as schemas
+from maxact.errors import InputError
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     pass
 
 

@@ -105,3 +105,25 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def link_or_copy(src, dst) -> Path:
+    """``dst`` with ``src``'s bytes: a hard link where the filesystem allows one (no second copy of a large
+    calibration file), else a copy. Replaces ``dst`` atomically."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def mirror_tree(src, dst) -> list[Path]:
+    """Every file below ``src`` at the same place below ``dst`` (:func:`link_or_copy`)."""
+    src, dst = Path(src), Path(dst)
+    return [link_or_copy(p, dst / p.relative_to(src)) for p in sorted(src.rglob("*")) if p.is_file()]

@@ -16,6 +16,12 @@ def rule_logging(snakemake):
     sys.stderr = stream  # tqdm and warnings write here
     logging.basicConfig(level=logging.INFO, stream=stream, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.captureWarnings(True)
+    if path:  # maxact's own warnings (a truncated sample, a smaller INT-8 split) also on the console, not only in the log
+        console = logging.StreamHandler(old_err)
+        console.setLevel(logging.WARNING)
+        console.addFilter(lambda r: r.name.startswith("maxact"))
+        console.setFormatter(logging.Formatter(f"rule {snakemake.rule}: %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(console)
     try:
         yield logging.getLogger(f"maxact.rule.{snakemake.rule}")
     except BaseException:

@@ -179,3 +179,56 @@ def test_without_paper_config_still_aggregates(tmp_path, monkeypatch):
     assert claims["n_checkpoints"] == len(list(sub.rglob("*_activation_stats.json"))) and claims["matched_pairs"] == []
     gt = pd.read_csv(tmp_path / "out" / "global_max.csv")
     assert set(gt["family"]) == {"qwen3"}
+
+
+def test_a_random_init_checkpoint_never_enters_the_papers_claims(study, tmp_path):
+    """`maxact aggregate` (a subprocess, as a user runs it) over the published results and a folder of the test study's
+    measured checkpoints, which are random-init and unlabelled: the claims are the paper's, computed over its
+    published files alone (independent recomputation), and the measured ones stand beside them."""
+    import subprocess
+    import sys
+
+    ind, _ = independent_summary()
+    main = {k: v for k, v in ind.items() if v["main"]}
+    span = math.log10(max(v["abs"] for v in main.values()) / min(v["abs"] for v in main.values()))
+    measured = study[0] / "results" / "test" / "measure"
+    out = tmp_path / "agg"
+    r = subprocess.run([sys.executable, "-m", "maxact.cli", "aggregate", "--results", str(PUBLISHED_ROOT), str(measured),
+                        "--config", str(PAPER), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    claims = json.loads((out / "claims.json").read_text())
+    assert claims["span_orders_of_magnitude"]["value"] == pytest.approx(span)
+    assert claims["n_main"] == len(main) and claims["n_checkpoints"] == len(ind)
+    rs = claims["residual_share"]
+    assert (rs["n_residual"], rs["n_total"]) == (sum(v["residual"] for v in main.values()), len(main))
+    here = {m["name"]: m for m in claims["measured_here"]}
+    assert set(here) == {"tiny-llama", "tiny-gemma3"}
+    assert all(not m["in_claims"] and "random initialisation" in m["why"] for m in here.values())
+    gt = pd.read_csv(out / "global_max.csv")
+    assert not gt[gt["source"] == "measured"]["main_analysis"].any()
+    assert "stand beside them, not counted" in r.stdout
+
+
+def test_a_measured_checkpoint_enters_the_claims_only_when_its_config_says_so(tmp_path):
+    """A real (not random) measured result named as one of the paper's checkpoints: beside the published one without
+    main_analysis, in its place with main_analysis: true."""
+    pub = next(PUBLISHED_ROOT.rglob("Qwen3-8B_activation_stats.json"))
+    d = json.loads(pub.read_text())
+    d.update(checkpoint="qwen3-8b-here", provenance={"source": "hub", "model_id": "Qwen/Qwen3-8B"})
+    for k in d["per_layer_stats"]:  # ten times the published values: visible in the span when counted
+        for e in ("max", "min"):
+            if isinstance(d["per_layer_stats"][k].get(e), (int, float)):
+                d["per_layer_stats"][k][e] *= 10
+    ind, _ = independent_summary()
+    main_abs = [v["abs"] for k, v in ind.items() if v["main"] and k != "Qwen3-8B"]
+    for main_analysis, replaced in ((None, False), (True, True)):
+        res = tmp_path / str(main_analysis) / "measure" / "qwen3-8b-here"
+        res.mkdir(parents=True)
+        (res / "activation_stats.json").write_text(json.dumps({**d, "meta": {"published_name": "Qwen3-8B", "main_analysis": main_analysis,
+                                                                            "family": "qwen3"}}))
+        claims = run_aggregate([PUBLISHED_ROOT, res.parent], tmp_path / f"out{main_analysis}", config_paths=[PAPER])
+        assert (claims["superseded_published"] == ["Qwen3-8B"]) is replaced
+        q8 = 10 * ind["Qwen3-8B"]["abs"] if replaced else ind["Qwen3-8B"]["abs"]
+        expected = math.log10(max(main_abs + [q8]) / min(main_abs + [q8]))
+        assert claims["span_orders_of_magnitude"]["value"] == pytest.approx(expected)
+        assert claims["measured_here"][0]["published_name"] == "Qwen3-8B" and claims["measured_here"][0]["in_claims"] is replaced

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from maxact import schema
+from maxact.errors import InputError
 from maxact.io import atomic_write_bytes, sha256_bytes, sha256_file
 
 __all__ = ["CorpusError", "REQUIRED_KEYS", "DEFAULT_CATEGORIES", "validate_records", "read_corpus",
@@ -33,7 +34,7 @@ DEFAULT_CATEGORIES = ("code", "technical_docs", "multilingual", "math", "scienti
 DEFAULT_CORPUS_CONFIG = schema.defaults(schema=schema.CORPUS)
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """A corpus file or record set is invalid; the message names the file/record and the fix."""
 
 

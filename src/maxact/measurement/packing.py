@@ -17,6 +17,7 @@ import contextlib
 
 import torch
 
+from maxact.errors import InputError
 from maxact.measurement.batching import PackedBatch, to_device
 from maxact.models import packed_attention, packed_recurrent
 from maxact.models.kernels_used import optional_kernels
@@ -26,7 +27,7 @@ MODES = ("auto", "on", "off")
 METHODS = ("padded", "varlen", "block_mask")
 
 
-class PackingError(ValueError):
+class PackingError(InputError):
     pass
 
 

@@ -4,15 +4,23 @@ device policy that turns them into a device, a dtype and a device map."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 
 from maxact import schema
+from maxact.errors import InputError
 
 #: Points with quantiles and the Sun criterion under ``full_stats: paper`` (the published files' set).
 PAPER_FULL_KINDS = ("embedding", "hidden", "attn", "mlp", "final_norm")
+#: Numeric settings and the schema section holding their range; settings that take one of a list of values.
+_RANGED = {"batch_size": "runtime", "max_batch_tokens": "runtime", "checkpoint_every": "runtime", "max_samples": "measure",
+           "topk": "measure"}
+_CHOICES = {"dtype": "runtime", "attn_implementation": "runtime", "full_stats": "measure", "packing": "measure",
+            "fill_uncovered": "measure"}
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def _default(section: str, key: str):
@@ -51,14 +59,31 @@ class MeasureSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown measurement setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InputError(f"unknown measurement setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if isinstance(values.get("packing"), bool):  # YAML 1.1 reads a bare on/off as a boolean
             values["packing"] = "on" if values["packing"] else "off"
         if values.get("exports") is not None:
             values["exports"] = tuple(values["exports"])
         s = cls(**{k: v for k, v in values.items() if v is not None})
-        s.full_kinds()  # refuse a bad full_stats before any model is loaded
+        s.check()
         return s
+
+    def check(self) -> None:
+        """Refuse, before any model is loaded, a setting outside what the schema allows (named as a config key)."""
+        for name, section in _RANGED.items():
+            schema.check_number(getattr(self, name), section, name)
+        for name, section in _CHOICES.items():
+            allowed = schema.prop(section, name).get("enum") or []
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{section}.{name} must be one of {', '.join(str(a) for a in allowed if not isinstance(a, bool))} "
+                                 f"(got {getattr(self, name)!r})")
+        if not DEVICE_RE.match(str(self.device)):
+            raise InputError(f"runtime.device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        bad = [e for e in self.exports if e not in schema.prop("measure", "exports")["items"]["enum"]]
+        if bad:
+            raise InputError(f"unknown export(s) {', '.join(map(str, bad))}; choose from "
+                             f"{', '.join(schema.prop('measure', 'exports')['items']['enum'])}")
+        self.full_kinds()
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -78,14 +103,17 @@ def full_kinds(mode: str):
         return None
     if mode == "paper":
         return PAPER_FULL_KINDS
-    raise ValueError(f"measure.full_stats must be 'paper' or 'all', not {mode!r}")
+    raise InputError(f"measure.full_stats must be 'paper' or 'all', not {mode!r}")
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is visible; use device: cpu or auto")
+        raise InputError(f"device {name!r} requested but no CUDA device is visible; use device cpu or auto")
+    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise InputError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return torch.device(name)
 
 
@@ -96,12 +124,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                 "float16": torch.float16, "fp16": torch.float16}[name]
     except KeyError:
-        raise ValueError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16") from None
+        raise InputError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16") from None
 
 
 def check_dtype(family, dtype: torch.dtype, force: bool = False) -> None:
     if dtype == torch.float16 and family.fp16_unsafe and not force:
-        raise ValueError(
+        raise InputError(
             f"float16 refused for family {family.name!r}: its published peaks (up to ~7e5 for Gemma 2/3) exceed "
             "float16's largest finite value 65,504, so activations would overflow to inf. Use bfloat16 or float32, "
             "or set force_dtype: true to measure anyway."

@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from maxact.errors import InputError
 from maxact.io import atomic_directory, sha256_file
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ CONVERTED_MARKER = "maxact_converted.json"
 RANDOM_FORMAT = 2  # random checkpoints: config + tokenizer only, weights built from the seed at load
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     pass
 
 
@@ -123,9 +124,10 @@ def _hub(entry: dict, model_root: str | None) -> tuple[Path, str | None]:
         searched.append(f"Hugging Face cache {HF_HUB_CACHE}")
         raise CheckpointError(
             f"checkpoint {entry['name']!r}: hub id {model_id!r} (revision {revision!r}) cannot be resolved "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Searched: {'; '.join(searched)}. "
-            "Without network access, download it elsewhere and point `model_root` (or source: local + path) at it, "
-            "or set HF_HUB_OFFLINE=1 with the model in the local cache."
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Searched: {'; '.join(searched)}; and no "
+            f"local folder {model_id!r} exists here. Without network access, download it elsewhere and give its folder "
+            "(--model PATH on the CLI; source: local with a path, or model_root, in a study config), or put it in the "
+            "Hugging Face cache and set HF_HUB_OFFLINE=1."
         ) from None
 
 
@@ -198,6 +200,8 @@ def prepare_checkpoint(entry: dict, cache_dir: str | Path, model_root: str | Non
                 )
             expected, quant = None, entry.get("quant_type", "unknown")
         sha = _verify_sha(entry, gguf_path, expected)
+        if expected is None and not entry.get("sha256"):  # nothing to verify it against: read it
+            check_gguf_file(entry["name"], gguf_path)
         load = convert_gguf(gguf_path, cache_dir, sha)
         man.update(
             load_path=str(load),
@@ -209,18 +213,19 @@ def prepare_checkpoint(entry: dict, cache_dir: str | Path, model_root: str | Non
                    weights_note="random initialisation (seeded, built on the measuring device), not trained")
     elif kind == "local":
         p = Path(entry["path"]).expanduser()
-        if not (p / "config.json").exists():
-            raise CheckpointError(
-                f"checkpoint {entry['name']!r}: no config.json in local folder. Searched: {p}. Fix `path`."
-            )
+        if not p.exists():
+            raise CheckpointError(f"checkpoint {entry['name']!r}: local folder {p} does not exist. Fix `path` (or --model).")
+        if not p.is_dir():
+            raise CheckpointError(f"checkpoint {entry['name']!r}: {p} is a file, not a checkpoint folder. Give the folder "
+                                  "that holds config.json, the weights and the tokenizer (or a .gguf file as a GGUF checkpoint).")
         man["load_path"] = str(p)
     elif kind == "hub":
         path, commit = _hub(entry, model_root)
         man.update(load_path=str(path), resolved_revision=commit)
     else:
         raise CheckpointError(f"checkpoint {entry['name']!r}: unknown source {kind!r} (hub, local, gguf, pip_gguf, random)")
-    if kind != "random":
-        _check_weights(entry, Path(man["load_path"]))
+    if kind in ("local", "hub"):
+        check_config_file(entry["name"], Path(man["load_path"]))
     from transformers import AutoConfig
 
     try:
@@ -229,12 +234,18 @@ def prepare_checkpoint(entry: dict, cache_dir: str | Path, model_root: str | Non
         if "trust_remote_code" in str(e):
             raise CheckpointError(
                 f"checkpoint {entry['name']!r} needs its own modelling code (remote code). It runs only if you opt in: "
-                "set trust_remote_code: true on this checkpoint's config entry."
+                "set trust_remote_code: true on this checkpoint's config entry (--trust-remote-code on the CLI)."
             ) from None
-        raise
+        raise CheckpointError(f"checkpoint {entry['name']!r}: transformers cannot read {Path(man['load_path']) / 'config.json'} "
+                              f"({str(e).splitlines()[0]}). Re-download the checkpoint's config.json.") from None
     from maxact.models.registry import family_for
 
     family_for(cfg)  # an architecture outside the hook registry stops here, before any measurement
+    if kind in ("local", "hub"):  # every part read before any work; a GGUF conversion was checked by its sha256
+        folder = Path(man["load_path"])
+        _check_weights(entry, folder)
+        check_weight_files(entry["name"], folder)
+        check_tokenizer_files(entry["name"], folder)
     text = getattr(cfg, "text_config", None) or cfg
     man.update(
         model_type=cfg.model_type,
@@ -246,12 +257,102 @@ def prepare_checkpoint(entry: dict, cache_dir: str | Path, model_root: str | Non
     return man
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "tokenizer_config.json", "vocab.txt")
+
+
+def check_config_file(name: str, folder: Path) -> None:
+    """``config.json`` of a checkpoint folder exists and is a JSON object; else one message naming the file."""
+    cfg = folder / "config.json"
+    if not cfg.exists():
+        raise CheckpointError(f"checkpoint {name!r}: no config.json in {folder}. Copy the checkpoint's config.json from "
+                              "its source into the folder (a folder needs config.json, weights and a tokenizer).")
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {name!r}: {cfg} is not valid JSON ({e}). Re-download it or fix the file.") from None
+    if not isinstance(data, dict) or not data.get("model_type"):
+        raise CheckpointError(f"checkpoint {name!r}: {cfg} has no model_type, so the architecture is unknown. "
+                              "Re-download the checkpoint's config.json.")
+
+
+def check_safetensors_file(name: str, path: Path) -> None:
+    """A safetensors file whose header parses and whose tensors all lie inside the file; else a message naming it."""
+    import struct
+
+    size = path.stat().st_size
+    fix = "Re-download or re-save it (the file is damaged, e.g. an interrupted copy)."
+    if size < 8:
+        raise CheckpointError(f"checkpoint {name!r}: weights file {path} is truncated ({size} bytes, no header). {fix}")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8 or n > 100 * 2**20:
+            raise CheckpointError(f"checkpoint {name!r}: weights file {path} has a bad header (its length field says {n:,} "
+                                  f"bytes; the file has {size:,}). {fix}")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"checkpoint {name!r}: weights file {path} has a bad header (not JSON: {e}). {fix}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"checkpoint {name!r}: weights file {path} has a bad header (not a table of tensors). {fix}")
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    need = 8 + n + (max(ends) if ends else 0)
+    if need > size:
+        raise CheckpointError(f"checkpoint {name!r}: weights file {path} is truncated: its tensors need {need:,} bytes, the "
+                              f"file has {size:,}. {fix}")
+
+
+def check_weight_files(name: str, folder: Path) -> None:
+    """Every safetensors file of the folder (and every shard its index names) is present and readable."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {name!r}: {index} is not a valid safetensors index ({e}). Re-download it.") from None
+        missing = [s for s in shards if not (folder / s).exists()]
+        if missing:
+            raise CheckpointError(f"checkpoint {name!r}: {index} names weight file(s) missing from {folder}: "
+                                  f"{', '.join(missing)}. Download the missing shard(s).")
+    for f in sorted(folder.glob("*.safetensors")):
+        check_safetensors_file(name, f)
+
+
+def check_tokenizer_files(name: str, folder: Path) -> None:
+    if not any((folder / f).exists() for f in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"checkpoint {name!r}: no tokenizer in {folder} (looked for {', '.join(TOKENIZER_FILES)}). Copy the tokenizer "
+            "files of the checkpoint's source into the folder (tokenizer.json and tokenizer_config.json, or its "
+            "tokenizer.model / vocab.json and merges.txt)."
+        )
+
+
+def check_gguf_file(name: str, path: Path) -> None:
+    """A GGUF file that gguf-py reads, whose tensors all lie inside the file; else a message naming it."""
+    from gguf import GGUFReader
+
+    size = path.stat().st_size
+    fix = "Re-install or re-download it (the file is damaged, e.g. an interrupted copy)."
+    try:
+        reader = GGUFReader(path)
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as e:  # gguf-py raises ValueError, IndexError or struct errors on damaged files
+        raise CheckpointError(f"checkpoint {name!r}: GGUF file {path} is unreadable ({type(e).__name__}: {e}); it is "
+                              f"truncated or not a GGUF file. {fix}") from None
+    if end > size:
+        raise CheckpointError(f"checkpoint {name!r}: GGUF file {path} is truncated: its tensors need {end:,} bytes, the file "
+                              f"has {size:,}. {fix}")
+
+
 def _check_weights(entry: dict, path: Path) -> None:
+    pickle = list(path.glob("*.bin")) + list(path.glob("*.pt")) + list(path.glob("*.pth"))
+    if not list(path.glob("*.safetensors")) and not pickle:
+        raise CheckpointError(f"checkpoint {entry['name']!r}: no weights in {path} (no *.safetensors file). Copy the "
+                              "checkpoint's weight files into the folder.")
     if entry.get("allow_pickle_weights"):
         return
     if list(path.glob("*.safetensors")):
         return
-    if list(path.glob("*.bin")) or list(path.glob("*.pt")) or list(path.glob("*.pth")):
+    if pickle:
         raise CheckpointError(
             f"checkpoint {entry['name']!r}: {path} holds only pickle weights (.bin/.pt), which can run code when loaded. "
             "Convert them to safetensors, or set allow_pickle_weights: true for this checkpoint if you trust it."
@@ -299,11 +400,27 @@ def load_model(manifest: dict, dtype, device_map=None, attn_implementation: str 
                   attn_implementation=attn)
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = cls.from_pretrained(manifest["load_path"], **kwargs)
+    try:
+        model = cls.from_pretrained(manifest["load_path"], **kwargs)
+    except Exception as e:
+        # A file damaged after prepare_checkpoint read it: name it; anything else is a run failure with its cause.
+        folder = Path(manifest["load_path"])
+        check_config_file(manifest["name"], folder)
+        check_weight_files(manifest["name"], folder)
+        raise RuntimeError(f"checkpoint {manifest['name']!r}: loading the weights from {folder} failed: "
+                           f"{type(e).__name__}: {e}") from e
     return model.eval(), fam
 
 
 def load_tokenizer(manifest: dict):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(manifest["load_path"], trust_remote_code=bool(manifest.get("trust_remote_code")))
+    folder = Path(manifest["load_path"])
+    check_tokenizer_files(manifest["name"], folder)
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=bool(manifest.get("trust_remote_code")))
+    except Exception as e:  # a damaged tokenizer.json or tokenizer.model: name the folder and its files
+        present = [f for f in TOKENIZER_FILES + ("merges.txt", "special_tokens_map.json") if (folder / f).exists()]
+        raise CheckpointError(f"checkpoint {manifest['name']!r}: the tokenizer in {folder} cannot be loaded "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; files: {', '.join(present)}). "
+                              "Re-download the tokenizer files.") from None

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import torch
 
 from maxact import points
+from maxact.errors import InputError
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(InputError):
     pass
 
 
@@ -303,7 +304,7 @@ def loader_class(family: Family, model_type: str):
     return transformers.AutoModelForCausalLM
 
 
-class AttentionError(ValueError):
+class AttentionError(InputError):
     pass
 
 

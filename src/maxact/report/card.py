@@ -6,9 +6,12 @@ residual stream, attention and MLP, the INT-8 verdict per policy, and the corpus
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from maxact.errors import InputError
 from maxact.io import atomic_write_text, read_json, write_json
+from maxact.outdir import register_derived
 from maxact.points import parse_component
 
 # SQNR verdicts for INT-8 of the peak-layer hidden state (dB).
@@ -20,6 +23,30 @@ CARD_NAMES = {"attn": "attention", "hidden": "residual"}
 def _kind(comp: str) -> str:
     kind = parse_component(comp)[0]
     return CARD_NAMES.get(kind, kind)
+
+
+def revision_text(prov: dict) -> str:
+    """What version of the weights was measured, in words: a hub revision (and the commit it resolved to), a GGUF
+    file and its sha256, a local folder, or a seeded random initialisation; never ``None``."""
+    if prov.get("source") == "random":
+        return "random initialisation (seeded), not trained weights"
+    if prov.get("gguf"):
+        g = prov["gguf"]
+        return f"GGUF file {g.get('file')} ({g.get('quant_type')}), sha256 {str(g.get('sha256'))[:16]}…"
+    if prov.get("source") == "local":
+        return "a local folder (no hub revision)"
+    rev = prov.get("revision") or "main"
+    return f"{rev} (commit {prov['resolved_revision']})" if prov.get("resolved_revision") else rev
+
+
+def weights_text(prov: dict) -> str:
+    """How the weights were held when measured, e.g. 'GGUF Q4_K_M dequantized to float32'."""
+    dtype = (prov.get("settings") or {}).get("dtype")
+    if prov.get("source") == "random":
+        return f"random init, not trained ({dtype})"
+    if prov.get("gguf"):
+        return f"GGUF {prov['gguf'].get('quant_type')} weights dequantized to float32, measured in {dtype}"
+    return f"{prov.get('source') or 'checkpoint'} weights, measured in {dtype}"
 
 
 def verdict(sqnr_db: float | None) -> str:
@@ -42,7 +69,8 @@ def build_card(result: dict, int8: dict | None, calibration: dict | None = None)
     card = {
         "checkpoint": result.get("checkpoint"),
         "model_id": prov.get("model_id") or result.get("model_name"),
-        "revision": prov.get("resolved_revision") or prov.get("revision"),
+        "revision": revision_text(prov),
+        "weights": weights_text(prov),
         "M": abs(result["global_max_activation"]),
         "M_signed": result["global_max_activation"],
         "location": result["global_max_location"],
@@ -72,7 +100,7 @@ def card_markdown(card: dict) -> str:
         "",
         f"- **Maximum activation M = {card['M']:.6g}** (signed {card['M_signed']:.6g}) at `{card['location']}`",
         f"- Peak: sample `{p.get('sample_id')}`, token position {p.get('position')}, token id {p.get('token_id')} ({p.get('token')!r}), channel {p.get('channel')}",
-        f"- Model: `{card['model_id']}` revision `{card['revision']}`" + (f"; {card['weights_note']}" if card.get("weights_note") else ""),
+        f"- Model: `{card['model_id']}`, {card['revision']}" + (f"; {card['weights_note']}" if card.get("weights_note") else ""),
         f"- Corpus: {card['num_samples']} samples, {card['num_tokens']} tokens, sha256 `{card['corpus_sha256']}`",
         f"- Tokenization: {(card.get('tokenization') or {}).get('policy')}, max_seq_len {(card.get('tokenization') or {}).get('max_seq_len')}",
         "",
@@ -109,22 +137,26 @@ def write_card(result_dir, out_dir=None) -> list[str]:
     result_dir = Path(result_dir)
     stats_path = result_dir / "activation_stats.json"
     if not stats_path.exists():
-        raise FileNotFoundError(f"{stats_path} not found: point `maxact card` at a measure output folder")
+        raise InputError(f"{stats_path} not found: point `maxact card` at a measure output folder")
     result = read_json(stats_path)
     int8 = None
     for cand in (result_dir / "int8_check.json", result_dir.parent.parent / "int8" / result_dir.name / "int8_check.json"):
         if cand.exists():
             int8 = read_json(cand)
             break
+    out = Path(out_dir) if out_dir else result_dir
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
     manifest = None
     for cand in (result_dir / "calibration.json", result_dir.parent.parent / "calibration" / result_dir.name / "calibration.json"):
-        if cand.exists():
-            manifest = {**read_json(cand), "dir": str(cand.parent)}
+        if cand.exists():  # links relative to the card's own folder, so they work wherever the pair is moved
+            manifest = {**read_json(cand), "dir": Path(os.path.relpath(cand.parent.resolve(), out.resolve())).as_posix()}
             break
     card = build_card(result, int8, manifest)
-    out = Path(out_dir) if out_dir else result_dir
     name = card["checkpoint"] or result_dir.name
     md, js = out / f"{name}.activation_card.md", out / f"{name}.activation_card.json"
     atomic_write_text(md, card_markdown(card))
     write_json(js, card)
+    if out.resolve() == result_dir.resolve():  # derived from these results: replaced results take it with them
+        register_derived(out, [md.name, js.name])
     return [str(md), str(js)]

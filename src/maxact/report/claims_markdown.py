@@ -25,7 +25,16 @@ def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
 
 def claims_markdown(claims: Mapping) -> str:
     """Human-readable tables of the claims (for the report)."""
-    L: list[str] = ["## Claims recomputed from the result files", ""]
+    L: list[str] = ["## The paper's claims, recomputed from the result files", ""]
+    src = claims.get("sources") or {}
+    here = claims.get("measured_here") or []
+    scope = (f"Over {claims.get('n_checkpoints')} checkpoints: {src.get('published', 0)} of the paper's published results"
+             + (f" and {src['measured']} measured here in the main analysis" if src.get("measured") else "") + ".")
+    beside = [m for m in here if not m["in_claims"]]
+    if beside:
+        scope += (f" {len(beside)} checkpoint(s) measured here stand beside them, not counted: "
+                  + "; ".join(f"{m['name']} ({m['why']})" for m in beside) + ".")
+    L += [scope, ""]
     sp = claims.get("span_orders_of_magnitude") or {}
     L += _table(["claim", "value"], [
         ["checkpoints (all / main analysis)", f"{claims.get('n_checkpoints')} / {claims.get('n_main')}"],

@@ -12,8 +12,10 @@ from maxact.io import atomic_save, atomic_write_text
 from maxact.provenance import environment, timestamp
 
 
-def write_table(df: pd.DataFrame, out_dir: Path, stem: str, caption: str, float_fmt: str = "{:.4g}") -> dict:
-    """One table in three formats; returns their paths and an HTML rendering for the report."""
+def write_table(df: pd.DataFrame, out_dir: Path, stem: str, caption: str, float_fmt: str = "{:.4g}",
+                note: str | None = None) -> dict:
+    """One table in three formats; returns their paths and an HTML rendering for the report. ``note`` (e.g. why
+    the table is empty) goes under the caption in the Markdown and the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / f"{stem}.csv"
     atomic_save(csv, lambda tmp: df.to_csv(tmp, index=False))
@@ -23,12 +25,12 @@ def write_table(df: pd.DataFrame, out_dir: Path, stem: str, caption: str, float_
             fmt[c] = fmt[c].map(lambda v: "" if pd.isna(v) else float_fmt.format(v))
     fmt = fmt.fillna("").astype(str)
     md = out_dir / f"{stem}.md"
-    atomic_write_text(md, f"**{caption}**\n\n" + _markdown(fmt) + "\n")
+    atomic_write_text(md, f"**{caption}**\n\n" + (f"{note}\n\n" if note else "") + _markdown(fmt) + "\n")
     tex = out_dir / f"{stem}.tex"
     body = fmt.to_latex(index=False, escape=True, caption=caption, label=f"tab:{stem}", column_format="l" * len(fmt.columns))
     atomic_write_text(tex, "% requires \\usepackage{booktabs}\n" + body)
-    html = fmt.to_html(index=False, classes="table", border=0, escape=True)
-    return {"csv": str(csv), "md": str(md), "tex": str(tex), "html": html, "caption": caption, "stem": stem}
+    html = fmt.to_html(index=False, classes="table", border=0, escape=True) if len(fmt) else ""
+    return {"csv": str(csv), "md": str(md), "tex": str(tex), "html": html, "caption": caption, "stem": stem, "note": note}
 
 
 def _markdown(df: pd.DataFrame) -> str:

@@ -33,13 +33,15 @@ def _style():
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
 
 
-def global_max_by_family(gt: pd.DataFrame, out_dir: Path) -> list[str]:
-    """Global |max| per checkpoint on a log axis, grouped and coloured by family; marker = role."""
+def global_max_by_family(gt: pd.DataFrame, out_dir: Path, measured_notes: dict[str, str] | None = None) -> list[str]:
+    """Global |max| per checkpoint on a log axis, grouped and coloured by family; marker = role. A measured row's
+    label says it was measured here and, from ``measured_notes``, what its weights were (e.g. GGUF Q4_1)."""
     _style()
     df = gt.copy()
     df["family"] = df["family"].fillna("unknown")
     df = df.sort_values(["family", "global_max_abs"])
-    df["label"] = df["name"] + np.where(df["source"] == "measured", " (measured)", "")
+    notes = df["name"].map(measured_notes or {}).fillna("")
+    df["label"] = df["name"] + np.where(df["source"] == "measured", " (measured here" + np.where(notes != "", ", " + notes, "") + ")", "")
     fams = list(dict.fromkeys(df["family"]))
     pal = dict(zip(fams, sns.color_palette("tab10", len(fams))))
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.28 * len(df) + 1)))
@@ -70,18 +72,23 @@ def layerwise_max(lt: pd.DataFrame, out_dir: Path, kind: str = "hidden") -> list
     d = d.groupby(["name", "family", "source", "layer", "relative_depth"], dropna=False)["abs"].max().reset_index()
     d["family"] = d["family"].fillna("unknown")
     fams = sorted(d["family"].unique())
-    ncol = min(4, len(fams)) or 1
+    ncol = min(3, len(fams)) or 1
     nrow = int(np.ceil(len(fams) / ncol)) or 1
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.8 * nrow), squeeze=False, sharex=True)
+    # Legends under each panel, at the figure's text size: readable in the report and in print.
+    most = max((d[d["family"] == f]["name"].nunique() for f in fams), default=1)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, (3.0 + 0.22 * most) * nrow), squeeze=False, sharex=True,
+                             layout="constrained")
     for ax, fam in zip(axes.flat, fams):
         sub = d[d["family"] == fam]
         for name, g in sub.groupby("name"):
             g = g.sort_values("relative_depth")
-            ls = "-" if (g["source"] == "measured").all() else "--"
-            ax.plot(g["relative_depth"], g["abs"], ls, lw=1.4, label=name)
+            measured = (g["source"] == "measured").all()
+            ax.plot(g["relative_depth"], g["abs"], "-" if measured else "--", lw=1.6 if measured else 1.3,
+                    label=f"{name} (measured here)" if measured else name)
         ax.set_yscale("log")
-        ax.set_title(fam)
-        ax.legend(fontsize=6)
+        ax.set_title(fam, fontsize=11)
+        ax.legend(fontsize=9.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+        ax.tick_params(labelbottom=True)
     for ax in axes.flat[len(fams):]:
         ax.axis("off")
     for ax in axes[-1]:
@@ -89,7 +96,6 @@ def layerwise_max(lt: pd.DataFrame, out_dir: Path, kind: str = "hidden") -> list
     for ax in axes[:, 0]:
         ax.set_ylabel(f"max |{kind}| per layer (log)")
     fig.suptitle("Layerwise maxima of the residual stream (solid: measured here, dashed: published)")
-    fig.tight_layout()
     return _save(fig, out_dir, f"layerwise_max_{kind}")
 
 
@@ -103,7 +109,8 @@ def component_depth_heatmap(lt: pd.DataFrame, out_dir: Path, bins: int = 10) -> 
     d["log10_max"] = np.log10(d["abs"].clip(lower=1e-8))
     piv = d.groupby(["kind", "depth_bin"])["log10_max"].median().unstack("depth_bin")
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(piv) + 1.5))
-    sns.heatmap(piv, ax=ax, cmap="magma", annot=True, fmt=".1f", cbar_kws={"label": "median log10 max|a|"})
+    # + 0.0 turns a rounded -0.0 into 0.0 (a cell just below |a| = 1 would read "-0.0").
+    sns.heatmap(piv, ax=ax, cmap="magma", annot=piv.round(1) + 0.0, fmt=".1f", cbar_kws={"label": "median log10 max|a|"})
     ax.set_xlabel(f"relative depth bin (1/{bins} of the stack)")
     ax.set_ylabel("component")
     ax.set_title("Where peaks sit: component x depth")
@@ -111,19 +118,52 @@ def component_depth_heatmap(lt: pd.DataFrame, out_dir: Path, bins: int = 10) -> 
 
 
 def int8_vs_peak(int8: pd.DataFrame, out_dir: Path) -> list[str]:
-    """INT-8 SQNR (dB) against log10 of the checkpoint's peak, per policy."""
+    """INT-8 SQNR (dB) against the checkpoint's peak (log axis): one panel per policy, every point labelled with its
+    checkpoint (labels moved apart by adjustText), points that coincide drawn once with all their names."""
+    from adjustText import adjust_text
+
     _style()
     d = int8.dropna(subset=["mean_sqnr_db", "reference_global_max_abs"]).copy()
-    d = d[np.isfinite(d["mean_sqnr_db"])]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    d = d[np.isfinite(d["mean_sqnr_db"].astype(float))]
+    policies = list(dict.fromkeys(d["policy"])) or ["(none)"]
+    ncol = min(2, len(policies))
+    nrow = int(np.ceil(len(policies) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 4.6 * nrow), squeeze=False)
+    pal = {"measured": "#d62728", "published": "#1f77b4"}
     if len(d):
-        sns.scatterplot(data=d, x="reference_global_max_abs", y="mean_sqnr_db", hue="policy", style="source", s=60, ax=ax)
-    ax.set_xscale("log")
-    ax.set_xlabel("global max |activation| (log scale)")
-    ax.set_ylabel("INT-8 SQNR at the peak layer (dB)")
-    ax.set_title("INT-8 SQNR at the peak layer against the peak")
-    if ax.get_legend() is not None:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+        d["x"], d["y"] = d["reference_global_max_abs"].astype(float), d["mean_sqnr_db"].astype(float)
+    for ax, pol in zip(axes.flat, policies):
+        g = d[d["policy"] == pol] if len(d) else d
+        texts = []
+        # One marker per (source, position): coincident points (e.g. a base and its instruct model with the same
+        # peak and error) would hide each other; their names are listed together.
+        for (src, x, y), h in g.groupby([g["source"], g["x"].round(9), g["y"].round(6)], sort=False) if len(g) else []:
+            measured = src == "measured"
+            ax.scatter(x, y, s=80 if measured else 50, marker="o" if measured else "X", color=pal.get(src, "grey"),
+                       edgecolors="black" if measured else "none", linewidths=0.8, zorder=3)
+            names = ", ".join(sorted(set(h["name"].astype(str))))
+            texts.append(ax.text(x, y, names + (" (measured here)" if measured else ""), fontsize=9, zorder=4))
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no crowded labels
+        if len(g):
+            ax.set_xlim(g["x"].min() / 2.5, g["x"].max() * 4)
+            lo, hi = g["y"].min(), g["y"].max()
+            ax.set_ylim(lo - 0.15 * (hi - lo + 1), hi + 0.25 * (hi - lo + 1))
+        ax.set_title(f"policy {pol}")
+        ax.set_xlabel("global max |activation| of the checkpoint (log scale)")
+        ax.set_ylabel("INT-8 SQNR at the peak layer (dB)")
+        ax._maxact_texts = texts
+    for ax in axes.flat[len(policies):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", ls="", markerfacecolor=pal["measured"], markeredgecolor="black", label="measured here"),
+               plt.Line2D([], [], marker="X", ls="", color=pal["published"], label="published (the paper)")]
+    fig.suptitle("INT-8 SQNR at the peak layer against the peak, per threshold policy")
+    fig.legend(handles=handles, loc="upper right", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    for ax in axes.flat[: len(policies)]:  # after the layout: labels kept inside their panel
+        if getattr(ax, "_maxact_texts", None):
+            adjust_text(ax._maxact_texts, ax=ax, expand=(1.1, 1.3), ensure_inside_axes=True,
+                        arrowprops=dict(arrowstyle="-", color="#888", lw=0.6))
     return _save(fig, out_dir, "int8_sqnr_vs_peak")
 
 
@@ -159,7 +199,7 @@ def bootstrap_stability(boot: pd.DataFrame, out_dir: Path) -> list[str]:
     ax.axhline(1.0, color="grey", ls=":")
     ax.set_ylabel("subset max / full-corpus max")
     ax.set_title("Bootstrap stability of the global max")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out_dir, "bootstrap")
 
 
@@ -169,16 +209,18 @@ def matched_pairs(claims: dict, out_dir: Path) -> list[str] | None:
     if not pairs:
         return None
     _style()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    top = max(max(p["dense_max"], p["moe_max"]) for p in pairs)
     for i, p in enumerate(pairs):
         ax.bar(i - 0.18, p["dense_max"], width=0.34, color="#4477aa", label="dense" if i == 0 else None)
         ax.bar(i + 0.18, p["moe_max"], width=0.34, color="#ee6677", label="MoE" if i == 0 else None)
-        ax.text(i, p["dense_max"] * 1.3, f"{p['ratio']:.1f}x", ha="center", fontsize=9)
+        ax.text(i, max(p["dense_max"], p["moe_max"]) * 1.5, f"dense / MoE = {p['ratio']:.1f}x", ha="center", fontsize=9)
     ax.set_xticks(range(len(pairs)), [f"{p['dense']}\nvs {p['moe']}" for p in pairs], fontsize=8)
     ax.set_yscale("log")
+    ax.set_ylim(top=top * 12)  # room for the ratio labels below the title
     ax.set_ylabel("global max |activation| (log)")
-    ax.set_title("Matched dense vs MoE checkpoints")
-    ax.legend(fontsize=8)
+    ax.set_title("Matched dense vs MoE checkpoints", pad=10)
+    ax.legend(fontsize=8, loc="upper right")
     return _save(fig, out_dir, "matched_pairs")
 
 

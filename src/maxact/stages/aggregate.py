@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from maxact.errors import InputError
 from maxact.io import atomic_save, read_json, write_json
 from maxact.report.claims_markdown import claims_markdown
 from maxact.study.claims import compare_measured_published, compute_claims, pairs_from_config, spearman
@@ -58,9 +59,15 @@ class AggregateOutputs:
 
 def read_study_config(path: str | Path) -> dict:
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"config file does not exist: {path}")
-    return yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise InputError(f"config file does not exist: {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix it") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"config file {path} is not a study config (a YAML mapping with checkpoints: ...)")
+    return cfg
 
 
 def meta_and_pairs(configs: Sequence[Mapping]) -> tuple[dict[str, dict], list[dict]]:
@@ -139,14 +146,14 @@ def discover(result_dirs: Iterable[str | Path]) -> list[Path]:
     """Every result file below each folder; ValueError naming a folder that is missing or holds none."""
     dirs = _as_dirs(result_dirs)
     if not dirs:
-        raise ValueError("no results directory given")
+        raise InputError("no results directory given")
     paths = []
     for d in dirs:
         if not d.exists():
-            raise ValueError(f"results directory does not exist: {d}")
+            raise InputError(f"--results {d}: no such folder")
         found = discover_result_files([d])
         if not found:
-            raise ValueError(f"no result file (activation_stats.json or *_activation_stats.json) under {d}")
+            raise InputError(f"no result file (activation_stats.json or *_activation_stats.json) below --results {d}")
         paths += found
     return sorted({str(p.resolve()): p for p in paths}.values(), key=lambda p: p.parts)
 
@@ -176,6 +183,12 @@ def add_aggregate_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
 
 
 def aggregate_main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    for f in args.int8:
+        if not Path(f).is_file():
+            raise InputError(f"--int8 {f}: no such file")
     claims = run_aggregate(args.results, args.out, config_paths=args.config, int8_paths=args.int8)
     print(claims_markdown(claims))
     print(f"wrote {', '.join(str(p) for p in AggregateOutputs.in_dir(args.out).all())}")

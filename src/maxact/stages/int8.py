@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import torch
 
@@ -11,6 +13,8 @@ from maxact.measurement.settings import MeasureSettings
 from maxact.models.kernels_used import kernels_used
 from maxact.models.registry import layer_points, points_module, resolve_backbone
 from maxact.stages.loading import load
+
+log = logging.getLogger(__name__)
 
 
 def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings: MeasureSettings | dict | None = None,
@@ -24,8 +28,21 @@ def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings
     # The residual stream at the peak: its layer's output, the final norm's, or (an embedding peak) layer 0's.
     point = points.residual_point_at((result.get("peak") or {}).get("component"), len(layers))
     module = points_module(backbone, fam, layers, point)
-    samples = [list(map(int, x))[:max_tokens] for x in tokens["input_ids"]]
+    full = [list(map(int, x)) for x in tokens["input_ids"]]
+    samples = [x[:max_tokens] for x in full]
     calib, evals = split_samples(len(samples), n_calib, n_eval, seed)
+    # Nothing changed silently: samples cut to max_tokens and a split smaller than asked are recorded (and logged).
+    used = set(calib) | set(evals)
+    cut = [i for i in sorted(used) if len(full[i]) > max_tokens]
+    truncation = {"samples": len(cut), "tokens_dropped": sum(len(full[i]) - max_tokens for i in cut), "max_tokens": max_tokens}
+    split = {"n_calib_requested": n_calib, "n_eval_requested": n_eval, "n_calib": len(calib), "n_eval": len(evals),
+             "n_available": len(samples)}
+    if len(calib) < n_calib or len(evals) < n_eval:
+        log.warning("%s: INT-8 check on %d calibration and %d evaluation samples (asked %d and %d; the corpus has %d: at "
+                    "most a third calibrates)", prepared["name"], len(calib), len(evals), n_calib, n_eval, len(samples))
+    if cut:
+        log.warning("%s: INT-8 check: %d sample(s) cut to int8.max_tokens %d (%d tokens dropped)", prepared["name"],
+                    len(cut), max_tokens, truncation["tokens_dropped"])
     captured: list = []
     h = module.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, (tuple, list)) else o))
     in_dev = backbone.get_input_embeddings().weight.device
@@ -49,6 +66,8 @@ def int8_checkpoint(prepared: dict, tokens: pd.DataFrame, result: dict, settings
         reference_global_max_abs=abs(result["global_max_activation"]) if result.get("global_max_activation") is not None else None,
         max_tokens=max_tokens,
         seed=seed,
+        split=split,
+        truncation=truncation,
         provenance={
             "model_id": prepared.get("model_id"),
             "corpus_sha256": result.get("provenance", {}).get("corpus_sha256"),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from maxact.errors import InputError
 from maxact.measurement.settings import MeasureSettings, check_dtype, device_map, resolve_device, resolve_dtype
 from maxact.models.checkpoints import load_model
 from maxact.models.kernels_used import cpu_incompatible
@@ -28,7 +29,7 @@ def load_for_measurement(prepared: dict, dtype, s: MeasureSettings, device: torc
         bound = cpu_incompatible(model)
         if bound:
             pkgs = sorted({impl.split(".")[0] for impl in bound.values()})
-            raise RuntimeError(
+            raise InputError(
                 f"checkpoint {prepared['name']!r} cannot be measured on the CPU here: transformers bound "
                 f"{', '.join(f'{k} -> {v}' for k, v in sorted(bound.items()))} when it imported the model code (GPU kernels "
                 f"of {', '.join(pkgs)}, whatever the device). Measure on CUDA, or run the CPU measurement in an "

@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 
 from maxact import provenance
-from maxact.corpus.tokenization import tokenizer_fingerprint
+from maxact.corpus.tokenization import tokenizer_fingerprint, truncation_message, truncation_summary
+from maxact.errors import InputError
 from maxact.io import atomic_save, write_json
 from maxact.measurement import kernels as statistics_kernels
 from maxact.measurement.batching import make_batches, run_batches
@@ -41,10 +42,12 @@ def measure_checkpoint(
     meta: dict | None = None,
     corpus_sha256: str | None = None,
     write_exports: bool = False,
+    resume_dir: str | Path | None = None,
 ) -> dict:
     """Measure one checkpoint into ``out_dir``. With linear inputs recorded (``measure.linear_inputs`` or
     ``exports``) their statistics go to ``linear_inputs.safetensors``; ``write_exports`` also writes the
-    calibration files there (the CLI; the workflow's ``calibration`` rule writes them from the saved file)."""
+    calibration files there (the CLI; the workflow's ``calibration`` rule writes them from the saved file).
+    The partial state for resuming (``checkpoint_every``) is kept in ``resume_dir`` (default ``out_dir``)."""
     s = MeasureSettings.of(settings)
     out_dir = Path(out_dir)
     corpus_sha256 = corpus_sha256 or token_meta.get("corpus_sha256")
@@ -52,12 +55,16 @@ def measure_checkpoint(
     if s.max_samples:
         tokens = tokens.iloc[: int(s.max_samples)]
     if len(tokens) == 0:
-        raise ValueError("the tokenized corpus is empty: nothing to measure. Check corpus.max_samples and the corpus source.")
+        raise InputError("the tokenized corpus is empty: nothing to measure. Check corpus.max_samples and the corpus source.")
+    # Samples cut to max_seq_len are counted and reported, never silent (the measured samples only).
+    truncation = truncation_summary(tokens, token_meta.get("max_seq_len"))
+    if msg := truncation_message(truncation, f"checkpoint {prepared['name']!r}"):
+        log.warning(msg)
     # Checked from the prepared manifest, before the model is loaded or any GPU work starts.
     ctx = prepared.get("max_position_embeddings")
     too_long = int(tokens["n_tokens"].max())
     if ctx and too_long > ctx:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {prepared['name']!r}: a sample has {too_long} tokens but the model's context is {ctx}; "
             f"lower tokenization.max_seq_len to at most {ctx}."
         )
@@ -69,7 +76,7 @@ def measure_checkpoint(
     tok = load_tokenizer(prepared)
     fp = tokenizer_fingerprint(tok)
     if token_meta.get("tokenizer_sha256") and token_meta["tokenizer_sha256"] != fp:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {prepared['name']!r}: its tokenizer ({fp[:12]}) differs from the one that tokenized its group "
             f"({token_meta['tokenizer_sha256'][:12]}); give it its own tokenizer_group in the config."
         )
@@ -82,6 +89,11 @@ def measure_checkpoint(
     if not_packed_why and s.packing == "auto":
         log.info("%s: padded batches (%s)", prepared["name"], not_packed_why)
     batches = make_batches(lengths, int(s.batch_size), s.max_batch_tokens, packed=packing != "padded")
+    # A sample longer than the token cap still runs, alone in its batch: said, and recorded.
+    over_cap = sum(1 for b in batches if s.max_batch_tokens and len(b) == 1 and lengths[b[0]] > s.max_batch_tokens)
+    if over_cap:
+        log.warning("%s: %d sample(s) are longer than max_batch_tokens %d and run alone in a batch over that cap",
+                    prepared["name"], over_cap, s.max_batch_tokens)
     meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds(), packing=packing,
                        linear_inputs=s.records_linear_inputs)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -96,7 +108,7 @@ def measure_checkpoint(
                 # v2: the state holds the linear inputs (older files lack them); the experts implementation decides
                 # whether the fused experts' down projections are recorded
                 "linear_inputs": f"v2:{getattr(text_cfg, '_experts_implementation', None)}" if s.records_linear_inputs else False}
-    resume = ResumeFile(out_dir, s.checkpoint_every, batches, identity)
+    resume = ResumeFile(resume_dir or out_dir, s.checkpoint_every, batches, identity)
     start = resume.restore(meas, device)
 
     from tqdm.auto import tqdm
@@ -143,17 +155,20 @@ def measure_checkpoint(
                 "add_special_tokens": token_meta.get("add_special_tokens"),
                 "split_special_tokens": True,
                 "max_seq_len": token_meta.get("max_seq_len"),
+                "truncate": token_meta.get("truncate", True),
+                "truncation": {k: truncation[k] for k in ("samples", "tokens_dropped", "max_seq_len", "sample_ids")},
                 "policy": "none added (paper)" if not token_meta.get("add_special_tokens") else "model's own convention",
             },
+            # The settings in effect: linear inputs are recorded when a calibration file needs them.
             "settings": {**{k: (str(v) if k == "device_map" else v) for k, v in s.as_dict().items()}, "device": str(device),
-                         "dtype": str(dtype).replace("torch.", "")},
+                         "dtype": str(dtype).replace("torch.", ""), "linear_inputs": s.records_linear_inputs},
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "statistics_kernel": statistics_kernels.describe(device, dtype),
             "attn_implementation": kernels["attention"],
             "kernels": kernels,
             "packing": {"setting": s.packing, "method": packing, "why_padded": not_packed_why or None,
                         **({"attention": packed_attention.describe(fam.packing.kernel)} if packing == "varlen" else {}),
-                        "batches": len(batches)},
+                        "batches": len(batches), "batches_over_token_cap": over_cap},
             "environment": provenance.environment(),
             "timestamp": provenance.timestamp(),
             "durations": {"load_seconds": round(load_seconds, 3), "measure_seconds": round(run["seconds"], 3)},

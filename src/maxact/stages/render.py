@@ -1,18 +1,30 @@
-"""Stage ``render``: figures, tables, activation cards and the HTML report, from the aggregate's outputs."""
+"""Stage ``render``: figures, tables, activation cards and the HTML report, from the aggregate's outputs.
+
+The report folder is self-contained: every file the report or a card links (each checkpoint's result files and
+calibration files, the claims) is placed under it (``files/``, hard links where the filesystem allows), and
+every link is relative to the file that holds it, so the folder can be zipped or mailed on its own. A mirror of
+it (``bundle``) is what Snakemake's own report embeds (``snakemake --report report.zip``), links included.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from maxact.io import atomic_write_text, read_json, write_json
+from maxact.io import atomic_write_text, link_or_copy, mirror_tree, read_json, write_json
 from maxact.report import plotting
-from maxact.report.card import build_card, card_markdown
+from maxact.report.card import build_card, card_markdown, revision_text, weights_text
 from maxact.report.claims_markdown import claims_markdown
 from maxact.report.html import render_report, write_table
+from maxact.study.claims import lineage
+
+#: Where the files a report links sit inside the report folder.
+FILES = "files"
 
 
 def _policy_text(stats: list[dict]) -> str:
@@ -24,27 +36,149 @@ def _policy_text(stats: list[dict]) -> str:
     return "mixed across checkpoints (see each checkpoint's provenance)"
 
 
+def _short_weights(prov: dict) -> str:
+    """A few words for figure labels: 'GGUF Q4_1', 'random init'."""
+    if prov.get("source") == "random":
+        return "random init"
+    if prov.get("gguf"):
+        return f"GGUF {prov['gguf'].get('quant_type')}"
+    return ""
+
+
+_GEN_SUFFIX = re.compile(r"(_text|_moe|_vl|-it|-instruct)$")
+
+
+def family_note(family: str | None, model_type: str | None) -> str | None:
+    """Why a checkpoint sits under a family label of another generation than its architecture (the paper's folder
+    ``gemma2`` holds gemma-2b, a Gemma 1 model of model_type ``gemma``), or None."""
+    if not family or not model_type:
+        return None
+    fam_line, fam_gen = lineage(family)
+    mt_line, mt_gen = lineage(_GEN_SUFFIX.sub("", str(model_type).lower()))
+    if fam_gen is None or fam_line != mt_line:
+        return None
+    mt_gen = mt_gen or "1"  # an architecture without a number is the first generation (gemma)
+    if fam_gen == mt_gen or fam_gen.startswith(mt_gen + ".") or mt_gen.startswith(fam_gen + "."):
+        return None
+    return (f"listed under family {family} (the paper's folder), though its architecture is model_type {model_type} "
+            f"(generation {mt_gen})")
+
+
+def _files_of(s: dict, calibration: dict | None, int8_path: str | None, probes_path: str | None, files_dir: Path) -> dict:
+    """Copy (or link) one measured checkpoint's files into the report folder; their paths there."""
+    d = files_dir / s["checkpoint"]
+    out = {"result": link_or_copy(s["path"], d / "activation_stats.json")}
+    if int8_path:
+        out["int8"] = link_or_copy(int8_path, d / "int8_check.json")
+    if probes_path:
+        out["probes"] = link_or_copy(probes_path, d / "probes.json")
+    if calibration is not None:
+        src = Path(calibration["path"]).parent
+        out["calibration"] = [link_or_copy(src / f, d / "calibration" / f) for f in ["calibration.json", *calibration["files"]]]
+    return out
+
+
+def _measured_rows(stats: list[dict], claims: dict, n_paper: int) -> tuple[list[dict], str]:
+    """One row per measured checkpoint for the report's opening section, and the sentence that says what they are."""
+    here = {m["name"]: m for m in claims.get("measured_here") or []}
+    rows = []
+    for s in stats:
+        prov = s["provenance"]
+        h = here.get(s["checkpoint"], {})
+        trunc = (prov.get("tokenization") or {}).get("truncation") or {}
+        rows.append({
+            "checkpoint": s["checkpoint"], "model_id": prov.get("model_id") or s.get("model_name"),
+            "revision": revision_text(prov), "weights": weights_text(prov), "weights_short": _short_weights(prov),
+            "published_name": h.get("published_name"), "in_claims": h.get("in_claims", False), "why": h.get("why", ""),
+            "samples": s.get("num_samples"), "tokens": s.get("num_tokens"), "truncation": trunc,
+            "global_max": s.get("global_max_activation"), "location": s.get("global_max_location"),
+        })
+    n_pub = sum(1 for r in rows if r["published_name"])
+    kinds = "; ".join(f"{r['checkpoint']} ({r['weights']})" for r in rows)
+    if not rows:
+        return rows, "No checkpoint was measured in this study: the tables and figures show the paper's published results."
+    if n_pub == 0:
+        paper = (f"{'Neither' if len(rows) == 2 else 'None'} is among the paper's {n_paper} published checkpoints, so "
+                 f"{'it is' if len(rows) == 1 else 'they are'} shown beside the paper's results, marked \"measured here\", "
+                 "and not compared component by component.")
+    else:
+        paper = (f"{n_pub} of them are the paper's own checkpoints "
+                 f"({', '.join(r['checkpoint'] + ' = ' + r['published_name'] for r in rows if r['published_name'])}) and are "
+                 "compared with the published results component by component.")
+    counted = [r["checkpoint"] for r in rows if r["in_claims"]]
+    claims_s = (f"In the paper's claims: {', '.join(counted)} (put in the main analysis by the config)." if counted
+                else "None is counted in the paper's claims, which are computed over the paper's checkpoints.")
+    return rows, f"{len(rows)} checkpoint(s) measured here: {kinds}. {paper} {claims_s}"
+
+
+def _kv(d: dict | None) -> list[tuple[str, str]]:
+    """A settings or libraries mapping as (key, value) pairs for a definition table."""
+    out = []
+    for k, v in sorted((d or {}).items()):
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(map(str, v)) or "none"
+        elif v is None:
+            v = "none"
+        elif isinstance(v, bool):
+            v = "yes" if v else "no"
+        out.append((str(k), str(v)))
+    return out
+
+
+def _int8_display(it: pd.DataFrame) -> pd.DataFrame:
+    """The INT-8 table as the report shows it: readable column names, measured rows first."""
+    if it.empty:
+        return it
+    d = it.copy()
+    d["source"] = d["source"].map({"measured": "measured here", "published": "published"}).fillna(d["source"])
+    d = d.sort_values(["source", "name", "policy"], key=lambda c: c.map({"measured here": 0, "published": 1}) if c.name == "source" else c)
+    cols = {"name": "checkpoint", "source": "source", "policy": "policy", "reference_global_max_abs": "peak |a|",
+            "mean_sqnr_db": "SQNR (dB)", "mean_rel_rmse": "rel. RMSE", "mean_rel_mae": "rel. MAE",
+            "mean_clip_rate": "clip rate", "threshold": "threshold", "point": "layer"}
+    return d[list(cols)].rename(columns=cols)
+
+
 def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
-    fig_dir, tab_dir = Path(outputs["figures"]), Path(outputs["tables"])
+    report_dir = Path(outputs["report"]).parent
+    fig_dir, tab_dir, card_dir, files_dir = (Path(outputs[k]) for k in ("figures", "tables", "cards", "files"))
     gt = pd.read_csv(inputs["global_table"])
     lt = pd.read_parquet(inputs["layer_table"])
     it = pd.read_csv(inputs["int8_table"])
     claims = read_json(inputs["claims"])
     stats = [dict(read_json(p), path=p) for p in _as_list(inputs["stats"])]
     int8_paths = {read_json(p)["checkpoint"]: p for p in _as_list(inputs["int8"])}
+    probe_paths = {read_json(p)["checkpoint"]: p for p in _as_list(inputs.get("probes", []))}
+    calibration = {}
+    for p in _as_list(inputs.get("calibration", [])):
+        m = read_json(p)
+        calibration[m["provenance"]["checkpoint"]] = {**m, "path": p}
+
+    # Every linked file inside the report folder.
+    files_dir.mkdir(parents=True, exist_ok=True)
+    claims_copy = link_or_copy(inputs["claims"], files_dir / "claims.json")
     for s in stats:
-        s["int8_path"] = int8_paths.get(s["checkpoint"])
+        s["files"] = _files_of(s, calibration.get(s["checkpoint"]), int8_paths.get(s["checkpoint"]),
+                               probe_paths.get(s["checkpoint"]), files_dir)
+
+    measured_rows, measured_sentence = _measured_rows(stats, claims, int((gt["source"] == "published").sum()))
+    notes = {r["checkpoint"]: r["weights_short"] for r in measured_rows}
+    weights = {r["checkpoint"]: r["weights"] for r in measured_rows}
 
     figures = []
 
     def fig(paths, caption):
         figures.append({"png": paths[0], "pdf": paths[1], "caption": caption})
 
-    fig(plotting.global_max_by_family(gt, fig_dir), "Global max |activation| per checkpoint (log axis), coloured by family; filled markers were measured here, hollow ones are the paper's published values; marker shape = role.")
-    fig(plotting.layerwise_max(lt, fig_dir), "Max |a| of the residual stream per layer against relative depth, per family.")
-    fig(plotting.component_depth_heatmap(lt, fig_dir), "Median over checkpoints of log10 max|a| per component and relative-depth bin: where peaks sit.")
-    fig(plotting.int8_vs_peak(it, fig_dir), "Per-tensor INT-8 SQNR at the peak layer against the checkpoint's peak (log axis), per threshold policy.")
-
+    fig(plotting.global_max_by_family(gt, fig_dir, notes),
+        "Global max |activation| per checkpoint (log axis), coloured by family; filled markers were measured here "
+        f"({'; '.join(f'{k}: {v}' for k, v in weights.items()) or 'none'}), hollow ones are the paper's published "
+        "values; marker shape = role. " + (measured_sentence.split('. ', 1)[1] if measured_rows else ""))
+    fig(plotting.layerwise_max(lt, fig_dir), "Max |a| of the residual stream per layer against relative depth, per family "
+        "(solid: measured here; dashed: the paper's published values).")
+    fig(plotting.component_depth_heatmap(lt, fig_dir), "Median over checkpoints of log10 max|a| per component and "
+        "relative-depth bin: where peaks sit.")
+    fig(plotting.int8_vs_peak(it, fig_dir), "Per-tensor INT-8 SQNR at the peak layer against the checkpoint's peak (log "
+        "axis), per threshold policy; each point is labelled with its checkpoint(s).")
     for fn, caption in ((plotting.matched_pairs, "Matched dense/MoE pairs: global max of each, with the dense/MoE ratio (log axis)."),
                         (plotting.training_trajectory, "Global max over training tokens for intermediate checkpoints (Ling-mini 5T to 20T).")):
         paths = fn(claims, fig_dir)
@@ -54,14 +188,23 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
     sat = pd.read_csv(inputs["saturation"]) if Path(inputs["saturation"]).stat().st_size > 1 else pd.DataFrame()
     verdicts = read_json(inputs["verdicts"])
     if len(sat):
-        fig(plotting.saturation_curves(sat, fig_dir), "Saturation: median global max over category-proportional subsets against subset size, 5-95% band; dotted: full corpus. Exact from per-sample maxima (no re-measurement).")
+        fig(plotting.saturation_curves(sat, fig_dir), "Saturation: median global max over category-proportional subsets "
+            "against subset size, 5-95% band; dotted: full corpus. Exact from per-sample maxima (no re-measurement).")
     if len(boot):
-        fig(plotting.bootstrap_stability(boot, fig_dir), "Bootstrap: subset maxima relative to the full-corpus maximum (mean and range over seeds).")
+        fig(plotting.bootstrap_stability(boot, fig_dir), "Bootstrap: subset maxima relative to the full-corpus maximum "
+            "(mean and range over seeds).")
 
     tables = []
-    gcols = [c for c in ["name", "source", "family", "role", "params_b", "global_max", "global_max_abs", "component", "layer", "relative_depth"] if c in gt]
-    tables.append(write_table(gt.sort_values(["source", "family", "name"])[gcols], tab_dir, "global_max", "Global maximum activation per checkpoint"))
-    tables.append(write_table(it, tab_dir, "int8_check", "INT-8 sanity check at the peak layer (means over evaluation samples)"))
+    g = gt.copy()
+    g["source"] = g["source"].map({"measured": "measured here", "published": "published"}).fillna(g["source"])
+    g["in claims"] = g["main_analysis"].map({True: "yes", False: "no"})
+    g["note"] = [family_note(f, m) or "" for f, m in zip(g["family"], g.get("model_type", [None] * len(g)))]
+    gcols = [c for c in ["name", "source", "in claims", "family", "model_type", "role", "params_b", "global_max", "component",
+                         "note"] if c in g]
+    g = g.sort_values(["source", "family", "name"], key=lambda c: c.map({"measured here": 0, "published": 1}) if c.name == "source" else c)
+    tables.append(write_table(g[gcols], tab_dir, "global_max", "Global maximum activation per checkpoint"))
+    tables.append(write_table(_int8_display(it), tab_dir, "int8_check",
+                              "INT-8 sanity check at the peak layer (means over evaluation samples)"))
     peak_rows = [{"checkpoint": s["checkpoint"], "global_max": s["global_max_activation"], "component": (s.get("peak") or {}).get("component"),
                   "sample_id": (s.get("peak") or {}).get("sample_id"), "position": (s.get("peak") or {}).get("position"),
                   "token_id": (s.get("peak") or {}).get("token_id"), "token": repr((s.get("peak") or {}).get("token")),
@@ -71,60 +214,95 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
     if corr:
         ct = pd.DataFrame([{"policy": k, "n": v["n"], "pearson_r": v["pearson_r"], "spearman_rho": v["spearman_rho"]} for k, v in corr.items()])
         tables.append(write_table(ct, tab_dir, "int8_correlation", "Correlation of INT-8 SQNR with log10 peak across checkpoints, per policy"))
-    calibration = {}
-    for p in _as_list(inputs.get("calibration", [])):
-        m = read_json(p)
-        calibration[m["provenance"]["checkpoint"]] = {**m, "dir": str(Path(p).parent), "path": p}
-    for s_ in stats:
-        int8 = read_json(s_["int8_path"]) if s_.get("int8_path") else None
-        cal = calibration.get(s_["checkpoint"])
-        if cal is not None:  # links relative to the cards folder
-            cal = {**cal, "dir": os.path.relpath(cal["dir"], outputs["cards"])}
-            s_["calibration_files"] = {"dir": calibration[s_["checkpoint"]]["dir"], **{k: cal[k] for k in ("files", "uncovered", "filled")},
-                                    "not_recorded": cal.get("not_recorded", {})}  # manifests before it had none
-        card = build_card(s_, int8, cal)
-        md_path = Path(outputs["cards"]) / f"{s_['checkpoint']}.activation_card.md"
+    for s in stats:
+        int8 = read_json(int8_paths[s["checkpoint"]]) if s["checkpoint"] in int8_paths else None
+        cal = calibration.get(s["checkpoint"])
+        if cal is not None:  # the card links the copies in the report folder, relative to the card
+            cal = {**cal, "dir": Path(os.path.relpath(files_dir / s["checkpoint"] / "calibration", card_dir)).as_posix()}
+        card = build_card(s, int8, cal)
+        md_path = card_dir / f"{s['checkpoint']}.activation_card.md"
         atomic_write_text(md_path, card_markdown(card))
-        write_json(md_path.with_name(f"{s_['checkpoint']}.activation_card.json"), card)
-        s_["card_path"] = str(md_path)
+        write_json(md_path.with_name(f"{s['checkpoint']}.activation_card.json"), card)
+        s["card_path"] = str(md_path)
     if len(boot):
         tables.append(write_table(boot, tab_dir, "bootstrap", "Bootstrap stability of the global max (category-proportional subsets)"))
     if verdicts:
-        vt = pd.DataFrame([{"checkpoint": k, **v} for k, v in verdicts.items()])
+        vt = pd.DataFrame([{"checkpoint": k, **{kk: vv for kk, vv in v.items() if kk != "bootstrap_sizes"}} for k, v in verdicts.items()])
         tables.append(write_table(vt, tab_dir, "saturation_verdict", "Has the global max plateaued? (median over half the corpus within 5% of the full maximum)"))
     probe_rows = []
-    for p in _as_list(inputs.get("probes", [])):
+    for p in probe_paths.values():
         pr = read_json(p)
         if "sets" not in pr:
             continue
         for set_name, v in pr["sets"].items():
             probe_rows.append({"checkpoint": pr["checkpoint"], "probe_set": set_name, "probe_max": v["global_max"],
                                "corpus_max": pr["corpus_global_max"], "ratio_to_corpus": v["ratio_to_corpus"],
-                               "location": v["location"], "peak_token": repr(v["peak_token"]), "verdict": pr["verdict"]})
+                               "location": v["location"], "peak_token": repr(v["peak_token"])})
     if probe_rows:
+        verdict_text = {read_json(p)["checkpoint"]: read_json(p).get("verdict") for p in probe_paths.values()}
         tables.append(write_table(pd.DataFrame(probe_rows), tab_dir, "probes",
-                                  "Targeted probes vs the corpus: does any probe elicit a larger peak? (ratio > 1 = yes)"))
+                                  "Targeted probes vs the corpus: does any probe elicit a larger peak? (ratio > 1 = yes)",
+                                  note=" ".join(f"{k}: {v}." for k, v in verdict_text.items() if v)))
     cmp_path = Path(inputs["comparison"])
     cmp = pd.read_csv(cmp_path) if cmp_path.stat().st_size > 1 else pd.DataFrame()
-    if len(cmp):
-        tables.append(write_table(cmp, tab_dir, "measured_vs_published", "Measured vs published, per component (tolerance: one bf16 step)"))
+    cmp_note = None if len(cmp) else (
+        "Empty: no checkpoint measured here is one of the paper's published checkpoints, so there is nothing to compare "
+        "component by component. Measure one of the paper's checkpoints and name its published result with "
+        "published_name in its config entry to fill this table.")
+    tables.append(write_table(cmp, tab_dir, "measured_vs_published", "Measured vs published, per component (tolerance: one bf16 step)",
+                              note=cmp_note))
 
+    warnings = []
+    for r in measured_rows:
+        t = r["truncation"]
+        if t.get("samples"):
+            warnings.append(f"{r['checkpoint']}: {t['samples']} sample(s) longer than max_seq_len {t.get('max_seq_len')} were cut "
+                            f"to it ({t['tokens_dropped']:,} tokens dropped; e.g. {', '.join(t.get('sample_ids', [])[:3])}).")
+    for k, v in verdicts.items():
+        note = (v.get("bootstrap_sizes") or {}).get("note")
+        if note:
+            warnings.append(f"{k}: bootstrap subsets: {note} (requested {v['bootstrap_sizes']['requested']}, used "
+                            f"{v['bootstrap_sizes']['used']}).")
+    for s in stats:
+        i8 = read_json(int8_paths[s["checkpoint"]]) if s["checkpoint"] in int8_paths else {}
+        sp = i8.get("split") or {}
+        if sp and (sp["n_calib"] < sp["n_calib_requested"] or sp["n_eval"] < sp["n_eval_requested"]):
+            warnings.append(f"{s['checkpoint']}: INT-8 check on {sp['n_calib']} calibration and {sp['n_eval']} evaluation "
+                            f"samples (asked {sp['n_calib_requested']} and {sp['n_eval_requested']}; the corpus has "
+                            f"{sp['n_available']}).")
+        tr = i8.get("truncation") or {}
+        if tr.get("samples"):
+            warnings.append(f"{s['checkpoint']}: INT-8 check: {tr['samples']} sample(s) cut to int8.max_tokens {tr['max_tokens']} "
+                            f"({tr['tokens_dropped']:,} tokens dropped).")
     nonfinite = [{"checkpoint": s["checkpoint"], "component": k, **v} for s in stats for k, v in (s.get("nonfinite") or {}).items()]
     remote = [s["checkpoint"] for s in stats if s["provenance"].get("trust_remote_code")]
     corpus = read_json(inputs["corpus_manifest"])
     n_pub = int((gt["source"] == "published").sum())
+    for s in stats:
+        s["settings_kv"] = _kv(s["provenance"].get("settings"))
+        s["libraries_kv"] = _kv((s["provenance"].get("environment") or {}).get("libraries"))
+        s["revision_text"] = revision_text(s["provenance"])
+        m = calibration.get(s["checkpoint"]) or {}
+        s["cal"] = {k: m.get(k) or default for k, default in (("uncovered", []), ("filled", {}), ("not_recorded", {}))} if m else None
     render_report(
         inputs["template"], outputs["report"],
         {
             "study": study, "n_measured": len(stats), "n_published": n_pub, "measured": stats,
+            "measured_rows": measured_rows, "measured_sentence": measured_sentence, "warnings": warnings,
             "figures": figures, "tables": tables, "claims_html": _md_to_html(claims_markdown(claims)),
-            "claims_path": inputs["claims"], "nonfinite": nonfinite, "remote_code": remote, "corpus": corpus,
+            "claims_path": str(claims_copy), "nonfinite": nonfinite, "remote_code": remote, "corpus": corpus,
             "tokenization_policy": _policy_text(stats) if stats else "n/a",
             "published_note": (f"{n_pub} per-checkpoint result files published with the paper (public repository clx1415926/Max_act_llm, folder results/), "
                                "read by the same reader as the measured ones. No per-sample figures were published, so bootstrap "
                                "statistics cannot be recomputed for them.") if n_pub else "Published results are not included in this study.",
         },
     )
+    if outputs.get("bundle"):  # what `snakemake --report` embeds: the same folder, links and all
+        bundle = Path(outputs["bundle"])
+        shutil.rmtree(bundle, ignore_errors=True)
+        link_or_copy(outputs["report"], bundle / Path(outputs["report"]).name)
+        for d in (fig_dir, tab_dir, card_dir, files_dir):
+            mirror_tree(d, bundle / d.relative_to(report_dir))
 
 
 def _as_list(x):
@@ -137,4 +315,4 @@ def _md_to_html(md: str) -> str:
     from markdown_it import MarkdownIt
 
     html = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
-    return html.replace("<table>", "<table class='table'>")
+    return html.replace("<table>", "<div class='scroll'><table class='table'>").replace("</table>", "</table></div>")

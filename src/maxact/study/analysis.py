@@ -77,11 +77,19 @@ def supplementary(per_sample: pd.DataFrame, categories: pd.Series, sizes: list[i
     m_series = per_sample_global_max(per_sample)
     cats = categories.reindex(m_series.index).fillna("unknown").to_numpy()
     m = m_series.to_numpy()
-    # Sizes beyond a small corpus are scaled to fractions of it, so the default study shows the analysis too.
-    if max(sizes) >= len(m):
+    # Sizes beyond a small corpus are scaled to fractions of it, so the default study shows the analysis too;
+    # the table and the verdict say so (requested_size, bootstrap_sizes).
+    requested = sorted(sizes)
+    scaled = max(sizes) >= len(m)
+    if scaled:
         sizes = sorted({max(2, int(len(m) * f)) for f in (0.2, 0.4)})
     b = bootstrap(m, cats, sizes, seeds)
     s = saturation(m, cats, start=min(50, max(2, len(m) // 10)))
     b.insert(0, "checkpoint", name)
+    b.insert(2, "requested_size", [requested[min(i, len(requested) - 1)] for i in range(len(b))] if scaled else b["subset_size"])
     s.insert(0, "checkpoint", name)
-    return b, s, plateau_verdict(s)
+    verdict = plateau_verdict(s)
+    verdict["bootstrap_sizes"] = {"requested": requested, "used": sorted(sizes),
+                                  "note": (f"the corpus has {len(m)} samples, not more than the requested sizes: 20% and 40% "
+                                           "of it were drawn instead") if scaled else None}
+    return b, s, verdict

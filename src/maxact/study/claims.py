@@ -15,8 +15,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from maxact.errors import InputError
 from maxact.points import RESIDUAL_KINDS, components_at_global_max, forward_order_key, parse_component
-from maxact.study.resultset import global_row
+from maxact.study.resultset import claims_status, global_row
 
 #: Roles left out of a generation/size trend when the same generation has a base/dense/MoE checkpoint.
 _VARIANT_ROLES = ("instruct", "vlm", "intermediate")
@@ -43,9 +44,10 @@ def _rows(records: Iterable[Mapping]) -> list[dict]:
 
 
 def _dedupe(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """One row per checkpoint: a measured result replaces the published one of the same checkpoint
-    (matched by ``published_name`` or identical name). Returns (kept, superseded)."""
-    measured = [r for r in rows if r["source"] == "measured"]
+    """One row per checkpoint: a measured result that is in the main analysis replaces the published one of the
+    same checkpoint (matched by ``published_name`` or identical name); one that is not stays beside it.
+    Returns (kept, superseded)."""
+    measured = [r for r in rows if r["source"] == "measured" and r["main_analysis"]]
     covered = {r["name"] for r in measured} | {r["published_name"] for r in measured if r["published_name"]}
     kept, superseded, seen = [], [], set()
     for r in rows:
@@ -54,10 +56,27 @@ def _dedupe(rows: list[dict]) -> tuple[list[dict], list[dict]]:
             continue
         key = (r["source"], r["name"])
         if key in seen:
-            raise ValueError(f"two {r['source']} result files for checkpoint {r['name']!r}")
+            raise InputError(f"two {r['source']} result files for checkpoint {r['name']!r}: {r['path']} and another; "
+                             "remove one, or give the checkpoints different names")
         seen.add(key)
         kept.append(r)
     return kept, superseded
+
+
+def _measured_here(rows: list[dict], published_names: set[str]) -> list[dict]:
+    """The checkpoints measured here: whether each is in the claims and why, and whether the paper has it."""
+    out = []
+    for r in rows:
+        if r["source"] != "measured":
+            continue
+        raw = r["_record"]["raw"]
+        prov = raw.get("provenance") or {}
+        pname = r["published_name"] or (r["name"] if r["name"] in published_names else None)
+        out.append({"name": r["name"], "in_claims": bool(r["main_analysis"]), "why": claims_status(r["_record"])[1],
+                    "published_name": pname if pname in published_names else None,
+                    "weights": prov.get("weights_note") or ("hub weights" if prov.get("source") == "hub" else prov.get("source")),
+                    "model_id": prov.get("model_id"), "global_max": _num(r["global_max"]), "component": r["component"]})
+    return sorted(out, key=lambda e: e["name"])
 
 
 def _num(x):
@@ -84,7 +103,7 @@ def _gen_key(g) -> tuple:
         return (1, 0.0, str(g))
 
 
-def _lineage(family: str | None) -> tuple[str | None, str | None]:
+def lineage(family: str | None) -> tuple[str | None, str | None]:
     """``'qwen2.5'`` -> ``('qwen', '2.5')``; ``'gemma3'`` -> ``('gemma', '3')``; ``'qwen2.5-vl'`` -> itself, None."""
     if not family:
         return None, None
@@ -124,7 +143,10 @@ def compute_claims(records: Sequence[Mapping], pairs: Sequence[Mapping] = (), ma
     span/residual/family/size claims to main-analysis checkpoints; matched pairs, base-vs-instruct,
     text-vs-VL and the training trajectory use every checkpoint they name.
     """
-    rows, superseded = _dedupe(_rows(records))
+    everything, superseded = _dedupe(_rows(records))
+    # The claims are the paper's: over its published checkpoints, and the checkpoints measured here that the config
+    # put in the main analysis (they replace their published result). Other measured checkpoints stand beside them.
+    rows = [r for r in everything if r["source"] == "published" or r["main_analysis"]]
     main = [r for r in rows if r["main_analysis"]] if main_only else list(rows)
     by_name = _names(rows)
 
@@ -135,6 +157,8 @@ def compute_claims(records: Sequence[Mapping], pairs: Sequence[Mapping] = (), ma
         "sources": {s: sum(1 for r in rows if r["source"] == s) for s in sorted({r["source"] for r in rows})},
         "superseded_published": sorted(r["name"] for r in superseded),
         "not_main": sorted(r["name"] for r in rows if not r["main_analysis"]),
+        "measured_here": _measured_here(everything, {r["name"] for r in everything if r["source"] == "published"}
+                                        | {r["name"] for r in superseded}),
     }
     claims["span_orders_of_magnitude"] = _span(main)
     claims["residual_share"] = _residual_share(main)
@@ -203,16 +227,16 @@ def _family_trends(rows: list[dict]) -> dict:
     one entry per generation in order, plus size-matched comparisons between consecutive generations."""
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
-        lineage, fam_gen = _lineage(r["family"])
-        if lineage is None:
+        line, fam_gen = lineage(r["family"])
+        if line is None:
             continue
         gen = r["generation"] if r["generation"] is not None else fam_gen
         if gen is None:
             continue
-        groups.setdefault(lineage, {}).setdefault(str(gen), []).append(r)
+        groups.setdefault(line, {}).setdefault(str(gen), []).append(r)
     out = {}
-    for lineage in sorted(groups):
-        gens = groups[lineage]
+    for line in sorted(groups):
+        gens = groups[line]
         if len(gens) < 2:
             continue
         order = sorted(gens, key=_gen_key)
@@ -232,7 +256,7 @@ def _family_trends(rows: list[dict]) -> dict:
         matched = []
         for a, b in zip(order, order[1:]):
             matched += _size_matched(_prefer_core(gens[a]), _prefer_core(gens[b]), a, b)
-        out[lineage] = {
+        out[line] = {
             "generations": [s["generation"] for s in stages],
             "stages": stages,
             "median_direction": _direction(medians),

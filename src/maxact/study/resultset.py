@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from maxact.config import META_KEYS  # one definition, shared with the config helpers
+from maxact.errors import InputError
 from maxact.points import is_number, parse_component, recompute_global_max
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def discover_result_files(dirs: Iterable[str | Path]) -> list[Path]:
                 found[str(d.resolve())] = d
             continue
         if not d.is_dir():
-            raise ValueError(f"results directory does not exist: {d}")
+            raise InputError(f"results directory does not exist: {d}")
         for p in d.rglob("*" + RESULT_FILE):
             if p.is_file() and _is_result_name(p.name) and not any(part.startswith(".") for part in p.relative_to(d).parts):
                 found[str(p.resolve())] = p
@@ -90,10 +91,13 @@ def load_result(path: str | Path, meta_lookup: Mapping[str, Mapping] | None = No
     config, authoritative) > the file's own ``meta`` > what the published folder name implies.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not a readable result file (not JSON: {e}); remeasure it or remove it") from None
     if not isinstance(raw, dict) or "per_layer_stats" not in raw:
-        raise ValueError(f"{path}: not an activation-stats result file (no per_layer_stats)")
+        raise InputError(f"{path}: not an activation-stats result file (no per_layer_stats)")
     source = "measured" if "provenance" in raw else "published"
     if source == "measured":
         name = raw.get("checkpoint") or raw.get("model_name") or path.parent.name
@@ -112,12 +116,32 @@ def load_result(path: str | Path, meta_lookup: Mapping[str, Mapping] | None = No
     return {"name": str(name), "source": source, "path": path, "raw": raw, "meta": meta}
 
 
+def is_random_init(record: Mapping) -> bool:
+    """A measured checkpoint whose weights were a seeded random initialisation (not trained)."""
+    return ((record.get("raw") or {}).get("provenance") or {}).get("source") == "random"
+
+
 def is_main(record: Mapping) -> bool:
-    """Counted in the headline claims: ``main_analysis`` when known, else not an intermediate checkpoint."""
+    """Counted in the headline claims. A published checkpoint: ``main_analysis`` when known, else not an
+    intermediate checkpoint. A checkpoint measured here: only when its config says ``main_analysis: true``, and
+    never a random-init one (see :func:`claims_status`)."""
+    return claims_status(record)[0]
+
+
+def claims_status(record: Mapping) -> tuple[bool, str]:
+    """(in the main analysis, why) for the report and claims.json."""
     m = record.get("meta") or {}
+    if record.get("source") == "measured":
+        if is_random_init(record):
+            return False, "random initialisation (not trained): never in the claims"
+        if m.get("main_analysis") is True:
+            return True, "put in the main analysis by its config entry (main_analysis: true)"
+        return False, "not in the main analysis (main_analysis: true in its config entry would count it)"
     if m.get("main_analysis") is not None:
-        return bool(m["main_analysis"])
-    return m.get("role") != "intermediate"
+        return bool(m["main_analysis"]), "the paper's main analysis" if m["main_analysis"] else "the paper's supplementary checkpoints"
+    if m.get("role") == "intermediate":
+        return False, "an intermediate training checkpoint (not in the paper's main analysis)"
+    return True, "the paper's main analysis"
 
 
 def num_layers(raw: Mapping) -> int | None:
