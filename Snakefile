@@ -1,5 +1,5 @@
 # maxact: maximum activations of open LLM checkpoints, as a cached, resumable DAG.
-# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> calibration, int8_check -> aggregate/supplementary -> render.
+# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> calibration, top5, int8_check -> aggregate/supplementary -> render.
 
 from snakemake.utils import min_version
 
@@ -15,6 +15,7 @@ include: "rules/prepare.smk"
 include: "rules/tokenize.smk"
 include: "rules/measure.smk"
 include: "rules/calibration.smk"
+include: "rules/top5.smk"
 include: "rules/int8.smk"
 include: "rules/probes.smk"
 include: "rules/aggregate.smk"

@@ -6,8 +6,8 @@ from pathlib import Path
 # Let the Snakefile import the package from the checkout even before `pip install -e .`.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from maxact.stalelock import clear_stale_lock
-from maxact.study.resultset import PUBLISHED_INT8, discover_result_files
+from maxact.stalelock import clear_stale_lock, record_lock_owner
+from maxact.study.resultset import PUBLISHED_EXP_A, PUBLISHED_INT8, discover_result_files
 from maxact.config import (
     checkpoint_entry,
     checkpoint_meta,
@@ -21,9 +21,14 @@ from maxact.config import (
 SCHEMA = f"{workflow.basedir}/src/maxact/schema/config.schema.yaml"
 validate_config(config, SCHEMA)  # one snakemake.utils.validate (defaults filled in), path-aware messages on failure
 
-# A lock left by a run that was killed outright would stop the next plain run: removed when its owner is gone.
-if _unlocked := clear_stale_lock(Path.cwd()):
+# A lock left by a run that was killed outright would stop the next plain run: removed when its owner is known to
+# be gone (maxact.stalelock); the owner of each lock is recorded when the run starts its jobs.
+if _unlocked := clear_stale_lock(Path.cwd(), sys.argv, workflow.is_main_process):
     print(f"maxact: {_unlocked}", file=sys.stderr)
+
+
+onstart:
+    record_lock_owner(workflow, Path.cwd())
 
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
@@ -133,6 +138,20 @@ def published_results(wildcards=None):
     return [str(p) for p in discover_result_files([_in_workflow(config["published"]["dir"])])]
 
 
+def published_exp_a(wildcards=None):
+    """The paper's bootstrap experiment A files (vendored, gzipped), when the study includes the published results."""
+    if not config["published"]["include"]:
+        return []
+    return sorted(str(p) for p in (_in_workflow(config["published"]["dir"]) / PUBLISHED_EXP_A).glob("*_activation_stats.json.gz"))
+
+
+def published_top5(wildcards=None):
+    """The paper's top-5 files (vendored, gzipped), when the study includes the published results."""
+    if not config["published"]["include"]:
+        return []
+    return sorted(str(p) for p in _in_workflow(config["published"]["dir"]).rglob("*_top5_stats.json.gz"))
+
+
 def published_int8(wildcards=None):
     """The paper's INT-8 summary inside the published folder, when the study includes it and it exists."""
     if not config["published"]["include"]:
@@ -152,6 +171,10 @@ def study_meta_config():
     """What the aggregate reads of the study's own config: its checkpoints' meta and its matched pairs."""
     return canonical({"checkpoints": [{"name": c["name"], **checkpoint_meta(config, c["name"])} for c in config["checkpoints"]],
                       "matched_pairs": config["matched_pairs"]})
+
+
+def top5_results(wildcards=None):
+    return expand(f"{RESULTS}/top5/{{ckpt}}/{{ckpt}}_top5_stats.json", ckpt=CHECKPOINTS)
 
 
 def per_sample_tables(wildcards=None):

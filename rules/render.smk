@@ -6,6 +6,7 @@ rule render:
         claims=rules.aggregate.output.claims,
         comparison=rules.aggregate.output.comparison,
         int8_table=rules.aggregate.output.int8_table,
+        top5_table=rules.aggregate.output.top5_table,
         stats=measured_results,
         int8=int8_results,
         probes=probe_results,

@@ -20,8 +20,9 @@ from workflow_helpers import maxact
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """name -> sha256 of every file in the folder (hidden ones too)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """name -> sha256 of every file in the folder, hidden ones too but maxact's own lock (it holds the last run's pid)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".maxact-lock"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_another_checkpoints_folder_is_refused_then_replaced_with_overwrite(tmp_
 
     r = measure(models["qwen3"], texts, out, "--overwrite", "--export", "awq")
     assert r.returncode == 0, r.stderr
-    files = {p.name for p in out.iterdir()}
+    files = {p.name for p in out.iterdir() if p.name != ".maxact-lock"}
     manifest = json.loads((out / "maxact_run.json").read_text())
     # Only this run's files are left: the other model's calibration files and card went with its results.
     assert files == set(manifest["files"]) | {"maxact_run.json"}, files
@@ -73,7 +74,7 @@ def test_a_rerun_of_the_same_checkpoint_removes_the_files_it_no_longer_writes(tm
     r = measure(models["llama"], texts, out, "--export", "awq")
     assert r.returncode == 0, r.stderr
     assert not (out / "imatrix.gguf").exists() and not (out / "act_scales.pt").exists() and (out / "awq_stats.safetensors").exists()
-    assert not any(p.name.startswith(".maxact") for p in out.iterdir())  # no staging or resume folder left
+    assert not any(p.name.startswith((".maxact-staging", ".maxact-resume")) for p in out.iterdir())  # nothing left aside
 
 
 def test_a_failed_run_leaves_the_earlier_results_exactly_as_they_were(tmp_path, models, texts):
@@ -168,3 +169,55 @@ def test_card_links_are_relative_to_the_card_and_name_the_weights(tmp_path, mode
     text = md.read_text()
     assert "imatrix.gguf" in text and not markdown_links(md)
     assert "None" not in text and "a local folder (no hub revision)" in text
+
+
+def test_someone_elses_files_are_never_removed_and_overwritten_only_when_asked(tmp_path, models, texts):
+    """A folder holding llama.cpp's own imatrix.gguf, a calibration.json and notes of the user's, and no maxact
+    results: refused where this run would write over them; with --overwrite they are replaced by this run's own,
+    and notes.txt (which no run writes) stays, also when a later run replaces the results."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, data in (("imatrix.gguf", b"llama.cpp's"), ("calibration.json", b"{}"), ("notes.txt", b"keep me")):
+        (out / name).write_bytes(data)
+    before = snapshot(out)
+    r = measure(models["llama"], texts, out, "--export", "imatrix")
+    assert r.returncode == 2 and "no maxact run wrote" in r.stderr and "imatrix.gguf" in r.stderr, r.stderr
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".maxact")} == before
+    r = measure(models["llama"], texts, out)  # writes neither of them: nothing to refuse, nothing touched
+    assert r.returncode == 0, r.stderr
+    assert all((out / n).read_bytes() == d for n, d in (("imatrix.gguf", b"llama.cpp's"), ("calibration.json", b"{}")))
+    r = measure(models["llama"], texts, out, "--export", "imatrix", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (out / "imatrix.gguf").read_bytes() != b"llama.cpp's" and (out / "notes.txt").read_bytes() == b"keep me"
+    assert measure(models["llama"], texts, out).returncode == 0  # the imatrix is this run's now: a rerun without it removes it
+    assert not (out / "imatrix.gguf").exists() and (out / "notes.txt").read_bytes() == b"keep me"
+
+
+def test_a_second_run_into_the_same_folder_waits_its_turn(tmp_path, models):
+    """While one run writes into --out, another run into the same folder is refused (the folder's lock)."""
+    many = tmp_path / "many.jsonl"
+    many.write_text("\n".join(json.dumps({"id": f"s{i}", "text": "lorem ipsum " * 20}) for i in range(300)) + "\n")
+    out = tmp_path / "out"
+    args = ["measure", "--model", models["llama"], "--texts", many, "--device", "cpu", "--batch-size", "1", "--out", out]
+    first = subprocess.Popen([sys.executable, "-m", "maxact.cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not any(out.glob(".maxact-staging-*")) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    second = maxact(*args)
+    assert second.returncode == 2 and "another maxact run" in second.stderr and str(first.pid) in second.stderr
+    assert first.wait(timeout=600) == 0
+    assert maxact(*args).returncode == 0  # the lock went with the first run
+
+
+def test_another_revision_of_the_same_checkpoint_is_refused(tmp_path):
+    from maxact.errors import InputError
+    from maxact.outdir import OwnedDir
+
+    d = OwnedDir(tmp_path / "o")
+    d.claim({"checkpoint": "m", "source": "hub", "model": "org/m", "revision": "v1"}, ["activation_stats.json"])
+    with d.staging() as st:
+        (st / "activation_stats.json").write_text("{}")
+        d.commit()
+    d.release()
+    with pytest.raises(InputError, match="revision v1.*revision v2.*revision differ"):
+        OwnedDir(tmp_path / "o").claim({"checkpoint": "m", "source": "hub", "model": "org/m", "revision": "v2"})

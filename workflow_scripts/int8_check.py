@@ -10,7 +10,8 @@ with rule_logging(snakemake) as log:
     tokens, _ = read_tokens(snakemake.input.tokens)
     if p.get("enabled", True):
         out = int8_checkpoint(read_json(snakemake.input.prepared), tokens, result, settings=snakemake.config.get("runtime", {}),
-                              n_calib=p["n_calib"], n_eval=p["n_eval"], max_tokens=p["max_tokens"], seed=p["seed"])
+                              n_calib=p["n_calib"], n_eval=p["n_eval"], max_tokens=p["max_tokens"], seed=p["seed"],
+                              definition=p["definition"])
     else:
         out = {"checkpoint": result["checkpoint"], "skipped": "int8.enabled is false"}
     log.info("int8 %s", out.get("policies", out))

@@ -24,7 +24,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 def _entry_for(model: str, gguf_file: str | None, revision: str | None, trust_remote_code: bool) -> dict:
     """The checkpoint entry for ``--model``: a local folder, a .gguf file or a hub id, checked before any work."""
     p = Path(model).expanduser()
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", (p.stem if p.suffix == ".gguf" else p.name) if p.exists() else model.split("/")[-1])
+    local = p.resolve() if p.exists() else p
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", (local.stem if local.suffix == ".gguf" else local.name) if p.exists() else model.split("/")[-1])
     if p.exists():
         if revision:
             raise InputError(f"--revision applies to hub ids only; --model {model} is a local path (its files are measured as they are)")
@@ -46,7 +47,7 @@ def _entry_for(model: str, gguf_file: str | None, revision: str | None, trust_re
 def _identity(entry: dict) -> dict:
     """What the output folder's results belong to (a rerun of the same checkpoint may replace them)."""
     return {"checkpoint": entry["name"], "source": entry["source"], "model": entry.get("model_id") or entry.get("path"),
-            "gguf_file": entry.get("gguf_file")}
+            "revision": entry.get("revision"), "gguf_file": entry.get("gguf_file")}
 
 
 def read_texts(path) -> list[dict]:
@@ -86,20 +87,26 @@ def cmd_measure(a) -> int:
     records = read_texts(a.texts)
     entry = _entry_for(a.model, a.gguf_file, a.revision, a.trust_remote_code)
 
+    from maxact.calibration.exports import files_for
     from maxact.corpus.tokenization import tokenize_records, tokenizer_fingerprint
     from maxact.io import sha256_file, write_json
-    from maxact.measurement.settings import MeasureSettings
+    from maxact.measurement.settings import MeasureSettings, resolve_device
     from maxact.models.checkpoints import load_tokenizer, prepare_checkpoint
     from maxact.outdir import OwnedDir
     from maxact.stages.measure import measure_checkpoint
+    from maxact.study.topk import top5_name, top5_stats
 
     settings = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens,
                 "attn_implementation": a.attn_implementation, "packing": a.packing, "topk": a.topk,
                 "full_stats": a.full_stats, "checkpoint_every": a.checkpoint_every,
                 "linear_inputs": a.calibration, "exports": _exports(a.export), "fill_uncovered": a.fill_uncovered}
-    MeasureSettings.of(settings)
+    s = MeasureSettings.of(settings)
+    resolve_device(s.device)  # a device that is not there is refused before the checkpoint is prepared
+    exports = files_for(s.exports) + (["calibration.json"] if s.exports else [])
+    planned = ["activation_stats.json", "per_sample_extremes.parquet", "prepared.json", top5_name(entry["name"])] + \
+        (["linear_inputs.safetensors"] if s.records_linear_inputs else []) + exports
     out = OwnedDir(a.out, overwrite=a.overwrite)
-    out.claim(_identity(entry))
+    out.claim(_identity(entry), planned)
     if a.max_samples:
         records = records[: a.max_samples]
 
@@ -111,7 +118,9 @@ def cmd_measure(a) -> int:
     with out.staging() as stage:  # the earlier results stay as they were unless this whole run succeeds
         write_json(stage / "prepared.json", prepared)
         r = measure_checkpoint(prepared, df, meta, stage, settings=settings, write_exports=True, resume_dir=out.resume_dir)
+        write_json(stage / top5_name(prepared["name"]), top5_stats(r))  # the top values in the paper's form
         files = out.commit()
+    out.release()
     print(f"{prepared['name']}: global max {r['global_max_activation']} at {r['global_max_location']}")
     p = r.get("peak") or {}
     print(f"  peak: sample {p.get('sample_id')} position {p.get('position')} token {p.get('token')!r} channel {p.get('channel')}")

@@ -170,6 +170,20 @@ def test_saved_state_of_other_settings_is_not_resumed(setup, tmp_path, monkeypat
     assert _stable(got) == _stable(ref)
 
 
+def test_saved_state_of_other_token_ids_is_not_resumed(setup, tmp_path, monkeypatch):
+    """Same sample lengths (so the same batches), other token ids (a tokenization setting changed, e.g. a special
+    token added in place of the first one): the saved state is not used."""
+    prepared, df, meta = setup
+    out = tmp_path / "r"
+    kill_during_batch(setup, out, monkeypatch, 3)
+    other = df.copy()
+    other["input_ids"] = [[1] + list(x)[1:] for x in df["input_ids"]]
+    got = measure_checkpoint(prepared, other, meta, out, settings={"device": "cpu", "batch_size": 2, "checkpoint_every": 1})
+    assert got["provenance"]["resumed_from_batch"] == 0
+    ref = measure_checkpoint(prepared, other, meta, tmp_path / "ref", settings={"device": "cpu", "batch_size": 2})
+    assert _stable(got) == _stable(ref)
+
+
 def test_two_runs_are_identical_apart_from_timestamps(setup, tmp_path):
     a = _run(setup, tmp_path / "a")
     b = _run(setup, tmp_path / "b")

@@ -83,3 +83,27 @@ def test_settings_and_libraries_are_tables_and_linear_inputs_tell_the_truth(repo
     stats = json.loads((study[0] / "results" / "test" / "measure" / "tiny-llama" / "activation_stats.json").read_text())
     assert stats["provenance"]["settings"]["linear_inputs"] is True  # calibration files were written from them
     assert re.search(r"<th>linear_inputs</th><td>yes</td>", html)
+
+
+def test_the_papers_forms_are_in_the_report(reports, study):
+    """Issue 22's outputs through the workflow: the INT-8 rows say their definition, the top-5 files and their
+    indicators (measured beside published), and the bootstrap experiment A in the paper's layout beside the paper's."""
+    require_chromium()
+    res = study[0] / "results" / "test"
+    text = check_page(reports / "report.html").text
+    int8 = json.loads((res / "int8" / "tiny-llama" / "int8_check.json").read_text())
+    assert int8["definition"] == "paper" and int8["split"]["calibration_ids"]
+    assert "The definition column says how a row was computed" in text
+    for ck in ("tiny-llama", "tiny-gemma3"):
+        top5 = json.loads((res / "top5" / ck / f"{ck}_top5_stats.json").read_text())
+        assert len(top5["global_top5_abs"]) == 100 and top5["per_layer_stats"]
+    import pandas as pd
+
+    ind = pd.read_csv(res / "aggregate" / "top5_indicators.csv")
+    assert set(ind[ind["source"] == "measured"]["name"]) == {"tiny-llama", "tiny-gemma3"}
+    assert (ind["source"] == "published").sum() == 27
+    assert "The top values: structural indicators" in text
+    boot = pd.read_csv(res / "aggregate" / "bootstrap.csv")
+    assert set(boot[boot["source"] == "published"]["checkpoint"]) == {"Qwen3.5-0.8B", "gemma-3-4b-it", "Qwen3-30B-A3B", "Qwen3-32B"}
+    assert {"r0", "r4", "mean", "cv_percent_paper", "cv_percent_std", "diff_to_full_percent"} <= set(boot.columns)
+    assert "Bootstrap experiment A" in text and "CV% (paper: range/mean)" in text

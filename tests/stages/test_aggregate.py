@@ -140,7 +140,8 @@ def test_rule_and_cli_share_one_path(tmp_path):
     meta, pairs = meta_and_pairs([_yaml.safe_load(PAPER.read_text())])
     pub_int8 = PUBLISHED_ROOT / PUBLISHED_INT8
     aggregate(discover([PUBLISHED_ROOT]), AggregateOutputs.in_dir(rule_out), meta, pairs,
-              published_int8=pub_int8 if pub_int8.exists() else None)
+              published_int8=pub_int8 if pub_int8.exists() else None,
+              published_top5=sorted(str(p) for p in PUBLISHED_ROOT.rglob("*_top5_stats.json.gz")))
     for a, b in zip(AggregateOutputs.in_dir(cli_out).all(), AggregateOutputs.in_dir(rule_out).all()):
         if a.suffix == ".json":
             ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
@@ -232,3 +233,30 @@ def test_a_measured_checkpoint_enters_the_claims_only_when_its_config_says_so(tm
         expected = math.log10(max(main_abs + [q8]) / min(main_abs + [q8]))
         assert claims["span_orders_of_magnitude"]["value"] == pytest.approx(expected)
         assert claims["measured_here"][0]["published_name"] == "Qwen3-8B" and claims["measured_here"][0]["in_claims"] is replaced
+
+
+def test_a_study_entry_never_changes_the_papers_checkpoints(tmp_path):
+    """A checkpoint measured with `maxact measure --model Qwen/Qwen2.5-7B` is named like the paper's Qwen2.5-7B, and
+    a study entry may name a published result (published_name) without main_analysis: neither gives the measured
+    result the paper's main_analysis, nor changes the published results' meta (n_main stays the paper's)."""
+    from maxact.stages.aggregate import aggregate, discover, meta_and_pairs
+
+    ind, _ = independent_summary()
+    pub = next(PUBLISHED_ROOT.rglob("Qwen2.5-7B_activation_stats.json"))
+    d = json.loads(pub.read_text())
+    d.update(checkpoint="Qwen2.5-7B", provenance={"source": "hub", "model_id": "Qwen/Qwen2.5-7B"}, meta={})
+    m = tmp_path / "cli" / "Qwen2.5-7B"
+    m.mkdir(parents=True)
+    (m / "activation_stats.json").write_text(json.dumps(d))
+    claims = run_aggregate([PUBLISHED_ROOT, tmp_path / "cli"], tmp_path / "out", config_paths=[PAPER])
+    assert claims["superseded_published"] == [] and claims["n_main"] == sum(v["main"] for v in ind.values())
+    assert claims["measured_here"][0]["in_claims"] is False
+
+    study = {"checkpoints": [{"name": "my-ling", "published_name": "Ling-mini-5T", "main_analysis": None, "role": "dense",
+                              "family": "other"},
+                             {"name": "Qwen2.5-7B", "main_analysis": False, "family": "qwen2.5"}]}
+    meta, pairs = meta_and_pairs([yaml.safe_load(PAPER.read_text())], [study])
+    claims = aggregate(discover([PUBLISHED_ROOT]), AggregateOutputs.in_dir(tmp_path / "wf"), meta, pairs)
+    assert claims["n_main"] == sum(v["main"] for v in ind.values())
+    gt = pd.read_csv(tmp_path / "wf" / "global_max.csv").set_index("name")
+    assert gt.loc["Ling-mini-5T", "role"] == "intermediate" and bool(gt.loc["Qwen2.5-7B", "main_analysis"]) is True

@@ -3,7 +3,16 @@
 import numpy as np
 import pandas as pd
 
-from maxact.study.analysis import bootstrap, per_sample_global_max, plateau_verdict, proportional_indices, saturation
+from maxact.study.analysis import (
+    paper_bootstrap,
+    paper_bootstrap_row,
+    paper_subset,
+    per_sample_global_max,
+    plateau_verdict,
+    proportional_indices,
+    published_bootstrap,
+    saturation,
+)
 
 
 def test_per_sample_global_max_uses_only_global_points():
@@ -25,15 +34,55 @@ def test_proportional_indices_keep_category_shares():
     assert dict(zip(vals, counts)) == {"code": 12, "math": 6, "prose": 2}
 
 
-def test_bootstrap_known_answer():
-    # One sample holds the maximum; a subset of all samples always contains it.
-    m = np.array([1.0, 2.0, 3.0, 10.0])
-    cats = np.array(["a", "a", "b", "b"])
-    b = bootstrap(m, cats, [4], seeds=3)
-    assert b.loc[0, "mean_max"] == 10.0 and b.loc[0, "cv_percent"] == 0.0 and b.loc[0, "diff_to_full_percent"] == 0.0
-    b2 = bootstrap(m, cats, [2], seeds=50)
-    # With one sample per category, the subset holds sample 3 (max 10) half of the time on average.
-    assert 3.0 <= b2.loc[0, "min_max"] and b2.loc[0, "max_max"] == 10.0
+def test_paper_subset_draws_as_the_paper_draws():
+    """Categories a (6), b (3), c (1) in corpus order, n = 5: quotas 3, 1.5, 0.5 -> floors 3, 1, 0 and the one left
+    over to the largest fraction, a tie of b and c broken by first appearance (b). Then random.Random(seed).sample
+    from a, then b (the paper's make_bootstrap_datasets.py order), positions sorted."""
+    import random
+
+    cats = ["a", "b", "a", "a", "c", "b", "a", "a", "b", "a"]
+    got = paper_subset(cats, 5, seed=7)
+    rng = random.Random(7)
+    expected = sorted(rng.sample([0, 2, 3, 6, 7, 9], 3) + rng.sample([1, 5, 8], 2))
+    assert got == expected
+
+
+def test_paper_bootstrap_row_reproduces_the_published_table():
+    """The paper's findings: Qwen3.5-0.8B at 1,000 samples, repeats 122, 114, 114, 114, 114.5 (its files), printed
+    as mean 116, CV 6.9% and 5k reference 122: its CV% is the spread (max - min) / mean."""
+    row = paper_bootstrap_row([122.0, 114.0, 114.0, 114.0, 114.5], 122.0)
+    assert row["mean"] == 115.7 and round(row["cv_percent_paper"], 1) == 6.9
+    assert round(row["cv_percent_std"], 2) == round(100 * float(np.std([122.0, 114, 114, 114, 114.5])) / 115.7, 2)
+    assert row["diff_to_full_percent"] == (115.7 - 122.0) / 122.0 * 100
+
+
+def test_paper_bootstrap_is_the_max_over_each_drawn_subset():
+    corpus = pd.DataFrame({"sample_id": [f"s{i}" for i in range(10)], "category": ["a", "b"] * 5})
+    m = pd.Series([float(i) for i in range(10)], index=[f"s{i}" for i in range(10)])
+    table, drawn = paper_bootstrap(m, corpus, [4], repeats=3, seed=11)
+    for r in range(3):
+        idx = paper_subset(list(corpus["category"]), 4, 11 + 4 * 100 + r)
+        assert table.loc[0, f"r{r}"] == max(m.iloc[i] for i in idx)
+    assert table.loc[0, "full_max"] == 9.0 and drawn["note"] is None and table.loc[0, "drawn"] == 4
+    # sizes beyond a corpus smaller than the paper's: the same fractions of it, said in the note
+    table, drawn = paper_bootstrap(m, corpus, [1000, 2000])
+    assert list(table["drawn"]) == [2, 4] and "fewer than the sizes asked" in drawn["note"]
+
+
+def test_published_experiment_a_is_recomputed_from_its_files():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "resources" / "published" / "max_act_llm"
+    files = sorted((root / "supplementary" / "exp_A").glob("*.json.gz"))
+    assert len(files) == 40
+    t = published_bootstrap(files, {"Qwen3.5-0.8B": 122.0, "gemma-3-4b-it": 245760.0, "Qwen3-30B-A3B": 1512.0,
+                                    "Qwen3-32B": 35328.0})
+    assert len(t) == 8 and set(t["size"]) == {1000, 2000}
+    q = t[(t["checkpoint"] == "Qwen3.5-0.8B") & (t["size"] == 1000)].iloc[0]
+    # the paper's findings_and_conclusions.txt: r0..r4 122, 114, 114, 114, 114 (printed rounded), CV 6.9%
+    assert [q[f"r{i}"] for i in range(5)] == [122.0, 114.0, 114.0, 114.0, 114.5] and round(q["cv_percent_paper"], 1) == 6.9
+    g = t[(t["checkpoint"] == "gemma-3-4b-it") & (t["size"] == 2000)].iloc[0]
+    assert round(g["mean"]) == 243712 and round(g["cv_percent_paper"], 1) == 1.7
 
 
 def test_saturation_and_plateau():

@@ -61,11 +61,27 @@ def test_vendored_copy_matches_shared_if_present():
     shared = REPO.parent / "shared" / "published" / "max_act_llm"
     if not shared.exists():
         pytest.skip("no ../shared beside the checkout")
-    ours = sorted(p.relative_to(PUBLISHED) for p in PUBLISHED.rglob("*") if p.is_file())
-    theirs = sorted(p.relative_to(shared) for p in shared.rglob("*") if p.is_file())
-    assert ours == theirs
-    for rel in ours:
+    ours = {p.relative_to(PUBLISHED) for p in PUBLISHED.rglob("*") if p.is_file()}
+    theirs = {p.relative_to(shared) for p in shared.rglob("*") if p.is_file()}
+    assert theirs <= ours
+    for rel in theirs:
         assert (PUBLISHED / rel).read_bytes() == (shared / rel).read_bytes(), rel
+    # the rest: what tools/vendor_published.py took from the public repository, listed with its sha256
+    vendored = json.loads((PUBLISHED / "VENDORED.json").read_text())
+    assert ours - theirs == {Path(f["file"]) for f in vendored["files"]} | {Path("VENDORED.json")}
+
+
+def test_vendored_files_are_the_published_bytes():
+    import gzip
+    import hashlib
+
+    vendored = json.loads((PUBLISHED / "VENDORED.json").read_text())
+    assert vendored["repository"].endswith("clx1415926/Max_act_llm") and len(vendored["commit"]) == 40
+    assert sum(f["file"].endswith("_top5_stats.json.gz") for f in vendored["files"]) == 27
+    assert sum("exp_A" in f["file"] for f in vendored["files"]) == 40
+    for f in vendored["files"]:
+        data = gzip.decompress((PUBLISHED / f["file"]).read_bytes())
+        assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == f["bytes"], f["file"]
 
 
 def test_published_files_present():
@@ -151,8 +167,9 @@ def test_load_measured_meta_precedence(tmp_path):
     p.write_text(json.dumps(d))
     r = load_result(p)
     assert (r["name"], r["source"], r["meta"]["family"], r["meta"]["role"]) == ("m1", "measured", "fileFam", "dense")
-    r = load_result(p, {"m1": {"family": "cfgFam", "params_b": 1.5, "role": None}})
-    assert r["meta"]["family"] == "cfgFam"          # the config wins
+    r = load_result(p, measured_meta={"m1": {"family": "cfgFam", "params_b": 1.5, "role": None}})
+    assert r["meta"]["family"] == "cfgFam"          # the study's config wins
+    assert load_result(p, published_meta={"m1": {"family": "paperFam"}})["meta"]["family"] == "fileFam"  # not the paper's
     assert r["meta"]["role"] == "dense"             # None never overrides
     assert r["meta"]["params_b"] == 1.5
 

@@ -30,6 +30,7 @@ import json
 
 import torch
 
+from maxact.errors import InputError
 from maxact.io import atomic_save, atomic_write_text
 
 EXPORTS = ("smoothquant", "input_scales", "awq", "imatrix")
@@ -182,7 +183,7 @@ def write_imatrix(path, modules: dict, report: dict, provenance: dict, family: s
     import numpy as np
 
     if family not in GGUF_ARCH:
-        raise ValueError(f"no GGUF architecture known for family {family!r} (known: {', '.join(sorted(GGUF_ARCH))}): "
+        raise InputError(f"no GGUF architecture known for family {family!r} (known: {', '.join(sorted(GGUF_ARCH))}): "
                          "leave imatrix out of measure.exports for it")
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[GGUF_ARCH[family]], n_layers)
     entries: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -2,7 +2,21 @@
 
 Symmetric INT-8 of the hidden state at the checkpoint's peak layer.  Per-tensor thresholds come
 from calibration samples by two policies, ``max_abs`` (largest |a|) and ``clip_q0.999`` (the 0.999
-quantile of |a|); errors are measured on held-out samples and averaged over them.
+quantile of |a|); errors are measured on held-out samples.
+
+Two definitions (``int8.definition``):
+
+- ``paper``: the paper's ``quant_sanity_check.py`` (public repository clx1415926/Max_act_llm), point by point:
+  the quantile threshold is the lower edge of the bin holding the value ranked ceil(q n) in a 2,048-bin histogram
+  over [0, calibration max] (a second calibration pass); the value is clamped to the threshold, rounded, then
+  clamped to +-127; squared and absolute errors and clip counts are summed over all evaluation tokens and one
+  ratio is formed per metric (SQNR is the dB of the pooled ratio). Its float32 operations are the paper's, in its
+  order, so that the numbers match the paper's script on the same samples.
+- ``exact``: the exact order statistic for the quantile, round then clamp, and metrics averaged over evaluation
+  samples (each sample weighs the same; SQNR is a mean of dB values).
+
+Either way the samples are a seeded shuffle of the corpus (the paper took the first and the next lines of its
+own data file, whose order is not published).
 """
 
 from __future__ import annotations
@@ -118,3 +132,116 @@ def run_int8_check(
             agg["threshold"] = float(thr[p])
         out[p] = agg
     return {"policies": out, "calibration_max_abs": float(thr["max_abs"]), "n_calib": len(calib), "n_eval": len(evals)}
+
+
+# --------------------------------------------------------------------------- the paper's definition
+
+DEFINITIONS = ("paper", "exact")
+DEFINITION_NOTES = {
+    "paper": "the paper's quant_sanity_check.py: 2,048-bin histogram quantile (lower bin edge), clamp-round-clamp, "
+             "errors pooled over all evaluation tokens",
+    "exact": "exact order-statistic quantile, round then clamp, metrics averaged over evaluation samples",
+}
+PAPER_BINS = 2048
+PAPER_Q = 0.999
+
+
+def paper_histogram_threshold(hist: torch.Tensor, upper: float, q: float = PAPER_Q) -> float:
+    """The paper's quantile: the lower edge of the bin holding the value ranked ceil(q n) (HistCollector.quantiles)."""
+    bins = hist.numel()
+    total = int(hist.sum().item())
+    target = max(1, math.ceil(q * total))
+    idx = int(torch.searchsorted(torch.cumsum(hist, dim=0), torch.tensor(target)).item())
+    return upper * idx / max(1, bins - 1)
+
+
+def paper_histogram(vals: torch.Tensor, upper: float, bins: int = PAPER_BINS) -> torch.Tensor:
+    """Counts of |a| (float32, flat) in ``bins`` bins over [0, upper], the paper's bin rule (HistCollector._add)."""
+    idx = torch.clamp((vals / upper * (bins - 1)).floor().long(), 0, bins - 1)
+    return torch.bincount(idx.cpu(), minlength=bins).to(torch.int64)
+
+
+class PooledErrors:
+    """Sums over every evaluation value of one policy (the paper's ErrorCollector); the ratios at the end."""
+
+    KEYS = ("count", "sum_abs", "sum_sq", "err_abs", "err_sq", "clipped")
+
+    def __init__(self):
+        self.s = dict.fromkeys(self.KEYS, 0.0)
+
+    def add(self, vals: torch.Tensor, dequant: torch.Tensor, threshold) -> None:
+        err = dequant - vals
+        self.s["count"] += vals.numel()
+        self.s["sum_abs"] += float(vals.abs().sum().item())
+        self.s["sum_sq"] += float((vals * vals).sum().item())
+        self.s["err_abs"] += float(err.abs().sum().item())
+        self.s["err_sq"] += float((err * err).sum().item())
+        self.s["clipped"] += int((vals.abs() > threshold).sum().item())
+
+    def metrics(self) -> dict:
+        s = self.s
+        count = max(1, int(s["count"]))
+        rms = math.sqrt(s["sum_sq"] / count) if s["sum_sq"] > 0 else 0.0
+        rmse, mae, abs_mean = math.sqrt(s["err_sq"] / count), s["err_abs"] / count, s["sum_abs"] / count
+        sqnr = 10.0 * math.log10(s["sum_sq"] / s["err_sq"]) if s["err_sq"] > 0 and s["sum_sq"] > 0 else math.inf
+        # The paper's summary weighs finite SQNR by the token count over its layers and counts an infinite one as 0
+        # (no error at all): with one layer, mean_sqnr_db is the SQNR, or 0 where the error was exactly 0.
+        return {"mean_sqnr_db": sqnr if math.isfinite(sqnr) else 0.0, "sqnr_db": sqnr,
+                "mean_rel_rmse": rmse / rms if rms > 0 else 0.0, "mean_rel_mae": mae / abs_mean if abs_mean > 0 else 0.0,
+                "mean_clip_rate": s["clipped"] / count, "count": int(s["count"]), "rmse": rmse, "mae": mae}
+
+
+def paper_quantize(vals: torch.Tensor, threshold, qmax: int = QMAX) -> torch.Tensor:
+    """Clamp to +-threshold, round, clamp to +-qmax, dequantize: the paper's order (a float or per-channel tensor)."""
+    if isinstance(threshold, torch.Tensor):  # per channel or token; a zero threshold quantizes to 0
+        positive = threshold > 0
+        scale = torch.where(positive, threshold / qmax, torch.ones_like(threshold))
+        q = torch.round(torch.clamp(vals, -threshold, threshold) / scale).clamp(-qmax, qmax) * scale
+        return torch.where(positive, q, torch.zeros_like(q))
+    scale = threshold / qmax
+    return torch.round(vals.clamp(-threshold, threshold) / scale).clamp(-qmax, qmax) * scale
+
+
+def run_int8_check_paper(capture: Callable[[Sequence[int]], list[torch.Tensor]], calib: Sequence[int], evals: Sequence[int],
+                         policies: Sequence[str] = POLICIES, bins: int = PAPER_BINS, q: float = PAPER_Q) -> dict:
+    """The paper's definition (module docstring). ``capture(indices)`` yields each sample's activation
+    ``[real tokens, channels]``; the calibration samples are captured twice (max, then histogram)."""
+    max_abs, channel_max = 0.0, None
+    for x in capture(calib):
+        a = x.float().abs()
+        if a.numel():
+            max_abs = max(max_abs, float(a.max().item()))
+            cm = a.amax(0)
+            channel_max = cm if channel_max is None else torch.maximum(channel_max, cm)
+    hist = torch.zeros(bins, dtype=torch.int64)
+    if max_abs > 0:
+        for x in capture(calib):
+            hist += paper_histogram(x.float().abs().reshape(-1), max_abs, bins)
+    thr = {"max_abs": max_abs, "clip_q0.999": paper_histogram_threshold(hist, max_abs, q) if max_abs > 0 else 0.0,
+           "per_channel": channel_max}
+    pooled = {p: PooledErrors() for p in policies}
+    for x in capture(evals):
+        x = x.float()
+        vals = x.reshape(-1)
+        for p in policies:
+            if p in ("max_abs", "clip_q0.999"):
+                if thr[p] <= 0:
+                    continue  # the paper skips a policy with no positive threshold
+                pooled[p].add(vals, paper_quantize(vals, thr[p]), thr[p])
+            elif p == "per_channel":
+                pooled[p].add(x, paper_quantize(x, thr["per_channel"][None, :]), thr["per_channel"][None, :])
+            elif p == "per_token":
+                t = x.abs().amax(-1, keepdim=True)
+                pooled[p].add(x, paper_quantize(x, t), t)
+            else:
+                raise ValueError(f"unknown INT-8 policy {p!r}; known: {POLICIES}")
+    out = {}
+    for p in policies:
+        if pooled[p].s["count"] == 0:
+            out[p] = {"undefined": "no positive threshold from the calibration samples (the paper's check skips it)"}
+            continue
+        out[p] = pooled[p].metrics()
+        if p in ("max_abs", "clip_q0.999"):
+            out[p]["threshold"] = float(thr[p])
+    return {"policies": out, "calibration_max_abs": max_abs, "n_calib": len(calib), "n_eval": len(evals),
+            "histogram_bins": bins, "quantile": q}

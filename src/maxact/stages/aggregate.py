@@ -30,9 +30,12 @@ from maxact.io import atomic_save, read_json, write_json
 from maxact.report.claims_markdown import claims_markdown
 from maxact.study.claims import compare_measured_published, compute_claims, pairs_from_config, spearman
 from maxact.study.resultset import PUBLISHED_INT8, discover_result_files, global_table, layer_table, load_result, meta_from_config
+from maxact.study.topk import indicators, read_top5
 
-INT8_COLUMNS = ["name", "source", "family", "policy", "reference_global_max_abs", "mean_sqnr_db", "mean_rel_rmse",
+INT8_COLUMNS = ["name", "source", "family", "policy", "definition", "reference_global_max_abs", "mean_sqnr_db", "mean_rel_rmse",
                 "mean_rel_mae", "mean_clip_rate", "threshold", "point"]
+TOP5_COLUMNS = ["name", "source", "top1_abs", "top_mean", "n_top", "saturated", "sign", "concentration", "decay5_over_1",
+                "n_hot_points", "hot_points"]
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,13 @@ class AggregateOutputs:
     claims: Path
     comparison: Path
     int8_table: Path
+    top5_table: Path
 
     @classmethod
     def in_dir(cls, out_dir: str | Path) -> "AggregateOutputs":
         d = Path(out_dir)
         return cls(d / "global_max.csv", d / "layer_stats.parquet", d / "claims.json", d / "measured_vs_published.csv",
-                   d / "int8.csv")
+                   d / "int8.csv", d / "top5_indicators.csv")
 
     @classmethod
     def of(cls, paths: Mapping[str, str]) -> "AggregateOutputs":
@@ -70,37 +74,68 @@ def read_study_config(path: str | Path) -> dict:
     return cfg
 
 
-def meta_and_pairs(configs: Sequence[Mapping]) -> tuple[dict[str, dict], list[dict]]:
-    """name -> meta and the matched pairs over several study configs; a later config's meta wins, pairs
-    are the union in order (first occurrence kept)."""
-    meta: dict[str, dict] = {}
+@dataclass(frozen=True)
+class Meta:
+    """Checkpoint meta by name, kept apart by kind of result: the config of the paper's published checkpoints gives
+    the published results theirs, the study that measured a checkpoint gives the measured result its own."""
+
+    published: dict
+    measured: dict
+
+    def of(self, name: str, source: str) -> dict:
+        return (self.published if source == "published" else self.measured).get(name) or {}
+
+
+def meta_and_pairs(published_configs: Sequence[Mapping], study_configs: Sequence[Mapping] = ()) -> tuple[Meta, list[dict]]:
+    """The meta of published and of measured checkpoints, and the matched pairs over all the configs; a later config's
+    meta wins, pairs are the union in order (first occurrence kept)."""
+    published: dict[str, dict] = {}
+    measured: dict[str, dict] = {}
     pairs: list[dict] = []
-    for cfg in configs:
-        meta.update(meta_from_config(cfg))
-        for p in pairs_from_config(cfg):
-            if p not in pairs:
-                pairs.append(p)
-    return meta, pairs
+    for meta, configs in ((published, published_configs), (measured, study_configs)):
+        for cfg in configs:
+            meta.update(meta_from_config(cfg))
+            for p in pairs_from_config(cfg):
+                if p not in pairs:
+                    pairs.append(p)
+    return Meta(published, measured), pairs
 
 
-def int8_table(int8_paths: Iterable[str | Path], meta: Mapping, published_int8: str | Path | None) -> pd.DataFrame:
+def int8_table(int8_paths: Iterable[str | Path], meta: Meta, published_int8: str | Path | None) -> pd.DataFrame:
     rows = []
     for p in int8_paths:
         d = read_json(p)
+        # A result from before int8.definition existed was made with the exact definition.
+        definition = d.get("definition", "exact")
         for pol, m in (d.get("policies") or {}).items():
-            rows.append({"name": d["checkpoint"], "source": "measured", "family": meta.get(d["checkpoint"], {}).get("family"),
-                         "policy": pol, "reference_global_max_abs": d.get("reference_global_max_abs"), "point": d.get("point"), **m})
+            if "undefined" in m:
+                continue
+            rows.append({"name": d["checkpoint"], "source": "measured", "family": meta.of(d["checkpoint"], "measured").get("family"),
+                         "policy": pol, "definition": definition, "reference_global_max_abs": d.get("reference_global_max_abs"),
+                         "point": d.get("point"), **{k: v for k, v in m.items() if k in INT8_COLUMNS}})
     if published_int8 and Path(published_int8).exists():
         for r in read_json(published_int8):
             rows.append({"name": r["model_name"], "source": "published",
-                         "family": meta.get(r["model_name"], {}).get("family") or r.get("family"),
-                         "policy": r["policy"], "reference_global_max_abs": r.get("reference_global_max_abs"),
+                         "family": meta.of(r["model_name"], "published").get("family") or r.get("family"),
+                         "policy": r["policy"], "definition": "paper", "reference_global_max_abs": r.get("reference_global_max_abs"),
                          **{k: r.get(k) for k in ("mean_sqnr_db", "mean_rel_rmse", "mean_rel_mae", "mean_clip_rate")}})
     df = pd.DataFrame(rows)
     for c in INT8_COLUMNS:
         if c not in df:
             df[c] = np.nan
     return df[INT8_COLUMNS]
+
+
+def top5_table(top5_paths: Iterable[str | Path], published_top5: Iterable[str | Path]) -> pd.DataFrame:
+    """The paper's structural indicators of the top values (scan_top5.py), measured and published, one row each."""
+    rows = []
+    for source, paths in (("measured", top5_paths), ("published", published_top5)):
+        for p in paths:
+            ind = indicators(read_top5(p))
+            if ind is not None:
+                rows.append({"name": ind.pop("model"), "source": source, **ind,
+                             "hot_points": ", ".join(ind["hot_points"])})
+    return pd.DataFrame(rows, columns=TOP5_COLUMNS)
 
 
 def sqnr_peak_correlation(it: pd.DataFrame) -> dict:
@@ -117,11 +152,12 @@ def sqnr_peak_correlation(it: pd.DataFrame) -> dict:
     return out
 
 
-def aggregate(result_paths: Sequence[str | Path], outputs: AggregateOutputs, meta: Mapping[str, Mapping],
+def aggregate(result_paths: Sequence[str | Path], outputs: AggregateOutputs, meta: Meta,
               pairs: Sequence[Mapping], int8_paths: Sequence[str | Path] = (), published_int8: str | Path | None = None,
-              inputs_note: Mapping | None = None) -> dict:
+              inputs_note: Mapping | None = None, top5_paths: Sequence[str | Path] = (),
+              published_top5: Sequence[str | Path] = ()) -> dict:
     """Load, tabulate, derive the claims; write every output of :class:`AggregateOutputs`; return the claims."""
-    records = [load_result(p, meta) for p in result_paths]
+    records = [load_result(p, meta.published, meta.measured) for p in result_paths]
     gt = global_table(records)
     lt = layer_table(records)
     cmp = compare_measured_published(records)
@@ -134,6 +170,8 @@ def aggregate(result_paths: Sequence[str | Path], outputs: AggregateOutputs, met
     atomic_save(outputs.layer_table, lambda tmp: lt.to_parquet(tmp, index=False))
     atomic_save(outputs.comparison, lambda tmp: cmp.to_csv(tmp, index=False))
     atomic_save(outputs.int8_table, lambda tmp: it.to_csv(tmp, index=False))
+    t5 = top5_table(top5_paths, published_top5)
+    atomic_save(outputs.top5_table, lambda tmp: t5.to_csv(tmp, index=False))
     write_json(outputs.claims, claims)
     return claims
 
@@ -160,15 +198,20 @@ def discover(result_dirs: Iterable[str | Path]) -> list[Path]:
 
 def run_aggregate(result_dirs: Iterable[str | Path], out_dir: str | Path, config_paths: Sequence[str | Path] = (),
                   int8_paths: Sequence[str | Path] = ()) -> dict:
-    """``maxact aggregate``: the result files found below ``result_dirs``; meta and matched pairs from the
-    ``config_paths`` (e.g. ``config/paper.yaml`` for the published checkpoints; none: no pairs, meta from
-    the files alone); a published INT-8 summary found in a results folder is included."""
+    """``maxact aggregate``: the result files found below ``result_dirs``; the published checkpoints' meta and matched
+    pairs from the ``config_paths`` (e.g. ``config/paper.yaml``; none: no pairs, meta from the files alone); a measured
+    result's meta is its own (written when it was measured); a published INT-8 summary found in a results folder is
+    included."""
     dirs = _as_dirs(result_dirs)  # once: an iterator given here is read a single time
     paths = discover(dirs)
     meta, pairs = meta_and_pairs([read_study_config(p) for p in config_paths])
     published_int8 = next((d / PUBLISHED_INT8 for d in dirs if (d / PUBLISHED_INT8).exists()), None)
     note = {"result_dirs": [str(d) for d in dirs], "n_files": len(paths), "configs": [str(p) for p in config_paths]}
-    return aggregate(paths, AggregateOutputs.in_dir(out_dir), meta, pairs, int8_paths, published_int8, inputs_note=note)
+    # Top-5 files found beside the results: plain ones were written here, gzipped ones are the vendored published ones.
+    top5 = sorted({str(p) for d in dirs if d.is_dir() for p in d.rglob("*_top5_stats.json")})
+    published_top5 = sorted({str(p) for d in dirs if d.is_dir() for p in d.rglob("*_top5_stats.json.gz")})
+    return aggregate(paths, AggregateOutputs.in_dir(out_dir), meta, pairs, int8_paths, published_int8, inputs_note=note,
+                     top5_paths=top5, published_top5=published_top5)
 
 
 def add_aggregate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

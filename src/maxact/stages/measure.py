@@ -5,11 +5,14 @@ The ``measure`` rule and ``maxact measure`` both call :func:`measure_checkpoint`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -31,6 +34,15 @@ from maxact.stages.loading import load
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)
+
+
+def _tokens_digest(sample_ids, samples) -> str:
+    """sha256 of the measured samples' ids and token ids, in order."""
+    h = hashlib.sha256()
+    for sid, ids in zip(sample_ids, samples):
+        h.update(str(sid).encode() + b"\0")
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def measure_checkpoint(
@@ -66,8 +78,17 @@ def measure_checkpoint(
     if ctx and too_long > ctx:
         raise InputError(
             f"checkpoint {prepared['name']!r}: a sample has {too_long} tokens but the model's context is {ctx}; "
-            f"lower tokenization.max_seq_len to at most {ctx}."
+            f"lower tokenization.max_seq_len (--max-seq-len on the CLI) to at most {ctx}."
         )
+    if write_exports and "imatrix" in s.exports and prepared.get("model_type"):
+        from maxact.calibration.exports import GGUF_ARCH
+        from maxact.models.registry import family_for
+
+        fam_name = family_for(SimpleNamespace(model_type=prepared["model_type"])).name
+        if fam_name not in GGUF_ARCH:  # known before any work: not after a whole measurement
+            raise InputError(f"checkpoint {prepared['name']!r}: llama.cpp has no GGUF architecture for family {fam_name!r} "
+                             f"(imatrix knows {', '.join(sorted(GGUF_ARCH))}): leave imatrix out of measure.exports "
+                             "(--export) for it")
     t_load = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -105,6 +126,9 @@ def measure_checkpoint(
                 "corpus_sha256": corpus_sha256, "tokenizer_sha256": fp,
                 "dtype": dtype, "device_type": device.type, "attn_implementation": s.attn_implementation,
                 "full_stats": s.full_stats, "topk": s.topk, "packing": packing,
+                # the token ids themselves (a tokenization setting changes them, and with them every statistic)
+                "tokens_sha256": _tokens_digest(sample_ids, samples), "max_seq_len": token_meta.get("max_seq_len"),
+                "add_special_tokens": token_meta.get("add_special_tokens"),
                 # v2: the state holds the linear inputs (older files lack them); the experts implementation decides
                 # whether the fused experts' down projections are recorded
                 "linear_inputs": f"v2:{getattr(text_cfg, '_experts_implementation', None)}" if s.records_linear_inputs else False}

@@ -25,6 +25,19 @@ from maxact.study.claims import lineage
 
 #: Where the files a report links sit inside the report folder.
 FILES = "files"
+INT8_NOTE = ("Symmetric INT-8 of the hidden state at each checkpoint's peak layer. The definition column says how a row "
+             "was computed: 'paper' = the paper's quant_sanity_check.py (histogram quantile, clamp-round-clamp, errors "
+             "pooled over all evaluation tokens; the published rows are the paper's own), 'exact' = exact quantile and "
+             "means over evaluation samples. per_channel and per_token are maxact's mitigations, not in the paper.")
+TOP5_NOTE = ("From each checkpoint's top values in the paper's form (<model>_top5_stats.json: every eligible point's top 5, "
+             "the largest 100 of them): saturated = all of them equal (a repeated structural peak); concentration = the top "
+             "value over their mean; sign = all positive, all negative or mixed; decay5_over_1 = the fifth over the first; "
+             "hot points = points whose own largest value is within 90% of the top.")
+BOOTSTRAP_NOTE = ("The paper's experiment A, exact from per-sample maxima: category-proportional subsets drawn as the paper "
+                  "draws them (make_bootstrap_datasets.py: seed 20260502 + 100 size + repeat), the global max of each "
+                  "repeat r0..r4. The paper's 'CV%' is the spread (max - min) / mean of the repeats (it reproduces every "
+                  "published value); CV% (std/mean) is the coefficient of variation proper. The published rows are the "
+                  "paper's own runs (its exp_A files).")
 
 
 def _policy_text(stats: list[dict]) -> str:
@@ -94,7 +107,8 @@ def _measured_rows(stats: list[dict], claims: dict, n_paper: int) -> tuple[list[
             "global_max": s.get("global_max_activation"), "location": s.get("global_max_location"),
         })
     n_pub = sum(1 for r in rows if r["published_name"])
-    kinds = "; ".join(f"{r['checkpoint']} ({r['weights']})" for r in rows)
+    kinds = ("; ".join(f"{r['checkpoint']} ({r['weights']})" for r in rows) if len(rows) <= 4 else
+             ", ".join(sorted({r["weights"] for r in rows})) + " (each in the table below)")
     if not rows:
         return rows, "No checkpoint was measured in this study: the tables and figures show the paper's published results."
     if n_pub == 0:
@@ -109,6 +123,31 @@ def _measured_rows(stats: list[dict], claims: dict, n_paper: int) -> tuple[list[
     claims_s = (f"In the paper's claims: {', '.join(counted)} (put in the main analysis by the config)." if counted
                 else "None is counted in the paper's claims, which are computed over the paper's checkpoints.")
     return rows, f"{len(rows)} checkpoint(s) measured here: {kinds}. {paper} {claims_s}"
+
+
+def compact_points(names: str) -> str:
+    """'layer_4_hidden, layer_5_hidden, layer_6_hidden, layer_9_mlp_output' -> 'hidden 4-6; mlp_output 9' (the
+    report's short form of a list of points; the CSV keeps every name)."""
+    from maxact.points import parse_component
+
+    by_suffix: dict[str, list[int]] = {}
+    other = []
+    for n in [x.strip() for x in str(names).split(",") if x.strip()]:
+        kind, layer = parse_component(n)
+        if layer is None:
+            other.append(n)
+        else:
+            by_suffix.setdefault(n.split("_", 2)[2], []).append(layer)
+    parts = []
+    for suffix, layers in by_suffix.items():
+        layers = sorted(set(layers))
+        runs, start = [], layers[0]
+        for a, b in zip(layers, layers[1:] + [None]):
+            if b != a + 1:
+                runs.append(f"{start}-{a}" if a != start else f"{a}")
+                start = b
+        parts.append(f"{suffix} {', '.join(runs)}")
+    return "; ".join(parts + other)
 
 
 def _kv(d: dict | None) -> list[tuple[str, str]]:
@@ -132,9 +171,11 @@ def _int8_display(it: pd.DataFrame) -> pd.DataFrame:
     d = it.copy()
     d["source"] = d["source"].map({"measured": "measured here", "published": "published"}).fillna(d["source"])
     d = d.sort_values(["source", "name", "policy"], key=lambda c: c.map({"measured here": 0, "published": 1}) if c.name == "source" else c)
-    cols = {"name": "checkpoint", "source": "source", "policy": "policy", "reference_global_max_abs": "peak |a|",
-            "mean_sqnr_db": "SQNR (dB)", "mean_rel_rmse": "rel. RMSE", "mean_rel_mae": "rel. MAE",
-            "mean_clip_rate": "clip rate", "threshold": "threshold", "point": "layer"}
+    cols = {"name": "checkpoint", "source": "source", "policy": "policy", "definition": "definition",
+            "reference_global_max_abs": "peak |a|", "mean_sqnr_db": "SQNR (dB)", "mean_rel_rmse": "rel. RMSE",
+            "mean_rel_mae": "rel. MAE", "mean_clip_rate": "clip rate", "threshold": "threshold", "point": "layer"}
+    if "definition" not in d:
+        d["definition"] = None
     return d[list(cols)].rename(columns=cols)
 
 
@@ -198,13 +239,23 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
     g = gt.copy()
     g["source"] = g["source"].map({"measured": "measured here", "published": "published"}).fillna(g["source"])
     g["in claims"] = g["main_analysis"].map({True: "yes", False: "no"})
+    replaced = set(claims.get("superseded_published") or [])
+    g.loc[(g["source"] == "published") & g["name"].isin(replaced), "in claims"] = "no: replaced by its measurement here"
     g["note"] = [family_note(f, m) or "" for f, m in zip(g["family"], g.get("model_type", [None] * len(g)))]
     gcols = [c for c in ["name", "source", "in claims", "family", "model_type", "role", "params_b", "global_max", "component",
                          "note"] if c in g]
     g = g.sort_values(["source", "family", "name"], key=lambda c: c.map({"measured here": 0, "published": 1}) if c.name == "source" else c)
     tables.append(write_table(g[gcols], tab_dir, "global_max", "Global maximum activation per checkpoint"))
-    tables.append(write_table(_int8_display(it), tab_dir, "int8_check",
-                              "INT-8 sanity check at the peak layer (means over evaluation samples)"))
+    tables.append(write_table(_int8_display(it), tab_dir, "int8_check", "INT-8 sanity check at the peak layer",
+                              note=INT8_NOTE))
+    t5 = pd.read_csv(inputs["top5_table"]) if Path(inputs["top5_table"]).stat().st_size > 1 else pd.DataFrame()
+    if len(t5):
+        t5 = t5.assign(source=t5["source"].map({"measured": "measured here", "published": "published"}),
+                       hot_points=t5["hot_points"].fillna("").map(compact_points))
+        tables.append(write_table(t5.sort_values(["source", "name"], key=lambda c: c.map({"measured here": 0, "published": 1})
+                                                 if c.name == "source" else c),
+                                  tab_dir, "top5_indicators", "The top values: structural indicators (the paper's scan_top5.py)",
+                                  note=TOP5_NOTE))
     peak_rows = [{"checkpoint": s["checkpoint"], "global_max": s["global_max_activation"], "component": (s.get("peak") or {}).get("component"),
                   "sample_id": (s.get("peak") or {}).get("sample_id"), "position": (s.get("peak") or {}).get("position"),
                   "token_id": (s.get("peak") or {}).get("token_id"), "token": repr((s.get("peak") or {}).get("token")),
@@ -225,7 +276,11 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         write_json(md_path.with_name(f"{s['checkpoint']}.activation_card.json"), card)
         s["card_path"] = str(md_path)
     if len(boot):
-        tables.append(write_table(boot, tab_dir, "bootstrap", "Bootstrap stability of the global max (category-proportional subsets)"))
+        b = boot.assign(source=boot["source"].map({"measured": "measured here", "published": "published"}))
+        b = b.rename(columns={"cv_percent_paper": "CV% (paper: range/mean)", "cv_percent_std": "CV% (std/mean)",
+                              "full_max": "full corpus max", "diff_to_full_percent": "mean vs full (%)"})
+        tables.append(write_table(b, tab_dir, "bootstrap", "Bootstrap experiment A: the global max over subsets of the corpus",
+                                  note=BOOTSTRAP_NOTE))
     if verdicts:
         vt = pd.DataFrame([{"checkpoint": k, **{kk: vv for kk, vv in v.items() if kk != "bootstrap_sizes"}} for k, v in verdicts.items()])
         tables.append(write_table(vt, tab_dir, "saturation_verdict", "Has the global max plateaued? (median over half the corpus within 5% of the full maximum)"))
@@ -274,6 +329,8 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         if tr.get("samples"):
             warnings.append(f"{s['checkpoint']}: INT-8 check: {tr['samples']} sample(s) cut to int8.max_tokens {tr['max_tokens']} "
                             f"({tr['tokens_dropped']:,} tokens dropped).")
+        if i8.get("undefined"):
+            warnings.append(f"{s['checkpoint']}: INT-8 check ({i8.get('definition')} definition): {i8['undefined']}.")
     nonfinite = [{"checkpoint": s["checkpoint"], "component": k, **v} for s in stats for k, v in (s.get("nonfinite") or {}).items()]
     remote = [s["checkpoint"] for s in stats if s["provenance"].get("trust_remote_code")]
     corpus = read_json(inputs["corpus_manifest"])

@@ -40,6 +40,8 @@ RESULT_FILE = "activation_stats.json"
 PUBLISHED_SUFFIX = "_activation_stats.json"
 #: Where the paper's INT-8 summary sits inside the published results folder.
 PUBLISHED_INT8 = Path("quant") / "quant_sanity_summary.json"
+#: Where the paper's bootstrap experiment A files (vendored gzipped) sit inside the published results folder.
+PUBLISHED_EXP_A = Path("supplementary") / "exp_A"
 
 
 # --------------------------------------------------------------------------- discovery / loading
@@ -72,24 +74,19 @@ def _is_result_name(name: str) -> bool:
 
 
 def meta_from_config(cfg: Mapping) -> dict[str, dict]:
-    """name -> meta (META_KEYS) from a study config dict; a ``published_name`` maps to the same meta."""
-    out: dict[str, dict] = {}
-    for c in cfg.get("checkpoints") or []:
-        m = {k: c.get(k) for k in META_KEYS}
-        out[c["name"]] = m
-    for c in cfg.get("checkpoints") or []:
-        pn = c.get("published_name")
-        if pn and pn not in out:
-            out[pn] = out[c["name"]]
-    return out
+    """name -> meta (META_KEYS) from a study config dict."""
+    return {c["name"]: {k: c.get(k) for k in META_KEYS} for c in cfg.get("checkpoints") or []}
 
 
-def load_result(path: str | Path, meta_lookup: Mapping[str, Mapping] | None = None) -> dict:
+def load_result(path: str | Path, published_meta: Mapping[str, Mapping] | None = None,
+                measured_meta: Mapping[str, Mapping] | None = None) -> dict:
     """One result file -> normalised record (see module docstring).
 
-    Meta precedence (per key, None never overrides a value): ``meta_lookup[name]`` (the study
-    config, authoritative) > the file's own ``meta`` > what the published folder name implies.
-    """
+    Meta precedence (per key, None never overrides a value): the config entry of the record's own kind (a published
+    result: ``published_meta``, the config naming the paper's checkpoints; a result measured here: ``measured_meta``,
+    the study that measured it) > the file's own ``meta`` > what the published folder name implies. A study's entry
+    never changes a published result's meta, nor the paper's config a measured one's (a measured checkpoint named
+    like a published one does not get its main_analysis)."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -109,7 +106,8 @@ def load_result(path: str | Path, meta_lookup: Mapping[str, Mapping] | None = No
     if source == "published":
         fam, role = PUBLISHED_FOLDER_FAMILY.get(path.parent.name.lower(), (path.parent.name.lower(), None))
         meta["family"], meta["role"] = fam, role
-    for src in (raw.get("meta") or {}, (meta_lookup or {}).get(name) or {}):
+    lookup = published_meta if source == "published" else measured_meta
+    for src in (raw.get("meta") or {}, (lookup or {}).get(name) or {}):
         for k, v in src.items():
             if v is not None:
                 meta[k] = v
