@@ -36,13 +36,16 @@ def _start_time(pid: int) -> str | None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a running process (not a zombie waiting to be reaped) belongs to process group ``pgid``."""
     for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getpgid(int(d.name)) == pgid:
-                    return True
-            except OSError:
-                continue
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:  # state, ppid, pgrp
+            return True
     return False
 
 

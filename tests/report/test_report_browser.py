@@ -96,7 +96,8 @@ def test_the_papers_forms_are_in_the_report(reports, study):
     assert "The definition column says how a row was computed" in text
     for ck in ("tiny-llama", "tiny-gemma3"):
         top5 = json.loads((res / "top5" / ck / f"{ck}_top5_stats.json").read_text())
-        assert len(top5["global_top5_abs"]) == 100 and top5["per_layer_stats"]
+        # every eligible point's top 5, the largest 100 of them (a tiny model has fewer than 20 points)
+        assert len(top5["global_top5_abs"]) == min(100, 5 * len(top5["per_layer_stats"])) and top5["per_layer_stats"]
     import pandas as pd
 
     ind = pd.read_csv(res / "aggregate" / "top5_indicators.csv")
