@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 import tempfile
 import types
@@ -61,7 +60,7 @@ def paper_run(mod, name: str, model_dir: Path, token_ids: list[list[int]], peak:
     args = argparse.Namespace(bits=8, clip_quantile=0.999, calibration_samples=split["n_calib"], eval_samples=split["n_eval"],
                               max_seq_len=int8["max_tokens"], hist_bins=2048, layer_policy="peak", batch_size=1, gpu_id=0)
     output = mod.run_model(name, mod.MODEL_CONFIGS[name], args)
-    return mod.summarize([output])
+    return mod.summarize([output]), output["thresholds"]
 
 
 def rel_diff(a: float, b: float) -> float:
@@ -90,21 +89,29 @@ def main(argv=None) -> int:
             split = int8["split"]
             order = split["calibration_ids"] + split["evaluation_ids"]
             token_ids = [list(map(int, tokens.loc[i, "input_ids"])) for i in order]
-            model_dir = Path(prepared["load_path"])
-            if not model_dir.is_absolute():
-                model_dir = a.results.resolve().parent / model_dir
-            summary = paper_run(mod, name, model_dir, token_ids, int8["peak_component"], int8["reference_global_max_abs"],
-                                int8, Path(tmp))
+            model_dir = Path(prepared["load_path"])  # relative paths are the workflow folder's: run from it
+            if not model_dir.is_dir():
+                raise SystemExit(f"{model_dir}: no such model folder; run this from the workflow folder")
+            summary, thresholds = paper_run(mod, name, model_dir, token_ids, int8["peak_component"],
+                                            int8["reference_global_max_abs"], int8, Path(tmp))
+            if {r["policy"] for r in summary} != {"max_abs", "clip_q0.999"}:
+                raise SystemExit(f"{name}: the paper's script gave policies {sorted(r['policy'] for r in summary)}")
             for r in summary:
                 ours = int8["policies"].get(r["policy"], {})
+                missing = [k for k in METRICS if k not in ours]
+                if missing:
+                    raise SystemExit(f"{name} {r['policy']}: maxact's result lacks {missing}")
                 rows.append({"checkpoint": name, "policy": r["policy"], "peak_component": int8["peak_component"],
                              "point": int8["point"], "max_tokens": int8["max_tokens"], "seed": int8["seed"],
                              "calibration_ids": split["calibration_ids"], "evaluation_ids": split["evaluation_ids"],
                              "corpus_sha256": int8["provenance"]["corpus_sha256"], "paper_script": {k: r[k] for k in METRICS},
                              "maxact": {k: ours.get(k) for k in METRICS},
                              "relative_difference": {k: rel_diff(r[k], ours[k]) for k in METRICS if k in ours},
-                             "threshold_maxact": ours.get("threshold")})
-    worst = max((d for r in rows for d in r["relative_difference"].values()), default=math.nan)
+                             "threshold_maxact": ours.get("threshold"),
+                             "threshold_paper_script": next(iter(thresholds[r["policy"]].values()), None)})
+    if not rows:
+        raise SystemExit(f"no int8_check.json under {a.results / 'int8'}")
+    worst = max(d for r in rows for d in r["relative_difference"].values())
     import hashlib
     import os
 
@@ -115,6 +122,7 @@ def main(argv=None) -> int:
               "how": "benchmarks/paper_int8_reference.py: the paper's run_model/summarize on maxact's samples, "
                      "float32 CPU, batch size 1; only data loading and device changed",
               "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+              "libraries": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
               "rows": rows, "max_relative_difference": worst}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2) + "\n")

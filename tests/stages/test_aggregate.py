@@ -260,3 +260,29 @@ def test_a_study_entry_never_changes_the_papers_checkpoints(tmp_path):
     assert claims["n_main"] == sum(v["main"] for v in ind.values())
     gt = pd.read_csv(tmp_path / "wf" / "global_max.csv").set_index("name")
     assert gt.loc["Ling-mini-5T", "role"] == "intermediate" and bool(gt.loc["Qwen2.5-7B", "main_analysis"]) is True
+
+
+def test_top5_files_are_told_apart_by_their_content_and_undefined_int8_policies_keep_a_row(tmp_path):
+    """The paper's own top-5 files found as plain JSON (e.g. its results/ folder) count as published, maxact's as
+    measured; an INT-8 policy the paper's definition leaves undefined keeps its row, with the reason."""
+    import gzip
+
+    from maxact.stages.aggregate import Meta, int8_table, top5_table
+
+    plain = tmp_path / "paper" / "Qwen3-8B_top5_stats.json"
+    plain.parent.mkdir()
+    plain.write_bytes(gzip.decompress((PUBLISHED_ROOT / "max_act_llm" / "Qwen3" / "Qwen3-8B_top5_stats.json.gz").read_bytes()))
+    ours = tmp_path / "m" / "x_top5_stats.json"
+    ours.parent.mkdir()
+    ours.write_text(json.dumps({"model_name": "x", "source": "maxact: ...", "global_top5_abs": [2.0, 1.0],
+                                "global_top5_signed": [2.0, -1.0], "per_layer_stats": {}}))
+    t = top5_table([str(plain), str(ours)], [])
+    assert dict(zip(t["name"], t["source"])) == {"Qwen3-8B": "published", "x": "measured"}
+
+    i8 = tmp_path / "int8_check.json"
+    i8.write_text(json.dumps({"checkpoint": "x", "definition": "paper", "point": "layer_1_hidden", "policies": {
+        "max_abs": {"mean_sqnr_db": 10.0, "threshold": 5.0},
+        "clip_q0.999": {"undefined": "no positive threshold from the calibration samples (the paper's check skips it)"}}}))
+    it = int8_table([i8], Meta({}, {}), None)
+    row = it[it["policy"] == "clip_q0.999"].iloc[0]
+    assert row["note"].startswith("no positive threshold") and pd.isna(row["mean_sqnr_db"])

@@ -66,7 +66,9 @@ def test_paper_bootstrap_is_the_max_over_each_drawn_subset():
     assert table.loc[0, "full_max"] == 9.0 and drawn["note"] is None and table.loc[0, "drawn"] == 4
     # sizes beyond a corpus smaller than the paper's: the same fractions of it, said in the note
     table, drawn = paper_bootstrap(m, corpus, [1000, 2000])
-    assert list(table["drawn"]) == [2, 4] and "fewer than the sizes asked" in drawn["note"]
+    assert list(table["drawn"]) == [2, 4] and "not more than the size(s) asked" in drawn["note"]
+    table, drawn = paper_bootstrap(m, corpus, [6, 1000])  # 6 is a subset of the 10: drawn as asked
+    assert list(table["drawn"]) == [6, 2] and "1000 -> 2" in drawn["note"]
 
 
 def test_published_experiment_a_is_recomputed_from_its_files():

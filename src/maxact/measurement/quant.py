@@ -229,6 +229,8 @@ def run_int8_check_paper(capture: Callable[[Sequence[int]], list[torch.Tensor]],
                     continue  # the paper skips a policy with no positive threshold
                 pooled[p].add(vals, paper_quantize(vals, thr[p]), thr[p])
             elif p == "per_channel":
+                if thr["per_channel"] is None:
+                    continue  # no calibration values at all
                 pooled[p].add(x, paper_quantize(x, thr["per_channel"][None, :]), thr["per_channel"][None, :])
             elif p == "per_token":
                 t = x.abs().amax(-1, keepdim=True)

@@ -76,7 +76,9 @@ def build_card(result: dict, int8: dict | None, calibration: dict | None = None)
         "location": result["global_max_location"],
         "peak": result.get("peak"),
         "split": split,
-        "int8": {p: {"sqnr_db": v.get("mean_sqnr_db"), "clip_rate": v.get("mean_clip_rate"), "verdict": verdict(v.get("mean_sqnr_db"))}
+        # the verdict reads the SQNR itself (the paper's summary writes an error-free result's infinite SQNR as 0 dB)
+        "int8": {p: {"sqnr_db": v.get("mean_sqnr_db"), "clip_rate": v.get("mean_clip_rate"),
+                     "verdict": verdict(v.get("sqnr_db", v.get("mean_sqnr_db")))}
                  for p, v in ((int8 or {}).get("policies") or {}).items()},
         "corpus_sha256": prov.get("corpus_sha256"),
         "num_samples": result.get("num_samples"),

@@ -33,7 +33,7 @@ from maxact.study.resultset import PUBLISHED_INT8, discover_result_files, global
 from maxact.study.topk import indicators, read_top5
 
 INT8_COLUMNS = ["name", "source", "family", "policy", "definition", "reference_global_max_abs", "mean_sqnr_db", "mean_rel_rmse",
-                "mean_rel_mae", "mean_clip_rate", "threshold", "point"]
+                "mean_rel_mae", "mean_clip_rate", "threshold", "point", "note"]
 TOP5_COLUMNS = ["name", "source", "top1_abs", "top_mean", "n_top", "saturated", "sign", "concentration", "decay5_over_1",
                 "n_hot_points", "hot_points"]
 
@@ -108,11 +108,9 @@ def int8_table(int8_paths: Iterable[str | Path], meta: Meta, published_int8: str
         # A result from before int8.definition existed was made with the exact definition.
         definition = d.get("definition", "exact")
         for pol, m in (d.get("policies") or {}).items():
-            if "undefined" in m:
-                continue
             rows.append({"name": d["checkpoint"], "source": "measured", "family": meta.of(d["checkpoint"], "measured").get("family"),
                          "policy": pol, "definition": definition, "reference_global_max_abs": d.get("reference_global_max_abs"),
-                         "point": d.get("point"), **{k: v for k, v in m.items() if k in INT8_COLUMNS}})
+                         "point": d.get("point"), "note": m.get("undefined"), **{k: v for k, v in m.items() if k in INT8_COLUMNS}})
     if published_int8 and Path(published_int8).exists():
         for r in read_json(published_int8):
             rows.append({"name": r["model_name"], "source": "published",
@@ -129,12 +127,12 @@ def int8_table(int8_paths: Iterable[str | Path], meta: Meta, published_int8: str
 def top5_table(top5_paths: Iterable[str | Path], published_top5: Iterable[str | Path]) -> pd.DataFrame:
     """The paper's structural indicators of the top values (scan_top5.py), measured and published, one row each."""
     rows = []
-    for source, paths in (("measured", top5_paths), ("published", published_top5)):
-        for p in paths:
-            ind = indicators(read_top5(p))
-            if ind is not None:
-                rows.append({"name": ind.pop("model"), "source": source, **ind,
-                             "hot_points": ", ".join(ind["hot_points"])})
+    for p in [*top5_paths, *published_top5]:
+        f = read_top5(p)
+        ind = indicators(f)
+        if ind is not None:  # a file written by maxact says so; the paper's own files do not
+            source = "measured" if str(f.get("source", "")).startswith("maxact") else "published"
+            rows.append({"name": ind.pop("model"), "source": source, **ind, "hot_points": ", ".join(ind["hot_points"])})
     return pd.DataFrame(rows, columns=TOP5_COLUMNS)
 
 

@@ -173,9 +173,11 @@ def _int8_display(it: pd.DataFrame) -> pd.DataFrame:
     d = d.sort_values(["source", "name", "policy"], key=lambda c: c.map({"measured here": 0, "published": 1}) if c.name == "source" else c)
     cols = {"name": "checkpoint", "source": "source", "policy": "policy", "definition": "definition",
             "reference_global_max_abs": "peak |a|", "mean_sqnr_db": "SQNR (dB)", "mean_rel_rmse": "rel. RMSE",
-            "mean_rel_mae": "rel. MAE", "mean_clip_rate": "clip rate", "threshold": "threshold", "point": "layer"}
-    if "definition" not in d:
-        d["definition"] = None
+            "mean_rel_mae": "rel. MAE", "mean_clip_rate": "clip rate", "threshold": "threshold", "point": "layer",
+            "note": "note"}
+    for c in ("definition", "note"):
+        if c not in d:
+            d[c] = None
     return d[list(cols)].rename(columns=cols)
 
 
@@ -331,6 +333,9 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
                             f"({tr['tokens_dropped']:,} tokens dropped).")
         if i8.get("undefined"):
             warnings.append(f"{s['checkpoint']}: INT-8 check ({i8.get('definition')} definition): {i8['undefined']}.")
+        for pol, m in (i8.get("policies") or {}).items():
+            if m.get("undefined"):
+                warnings.append(f"{s['checkpoint']}: INT-8 policy {pol} ({i8.get('definition')} definition): {m['undefined']}.")
     nonfinite = [{"checkpoint": s["checkpoint"], "component": k, **v} for s in stats for k, v in (s.get("nonfinite") or {}).items()]
     remote = [s["checkpoint"] for s in stats if s["provenance"].get("trust_remote_code")]
     corpus = read_json(inputs["corpus_manifest"])

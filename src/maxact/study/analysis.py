@@ -135,15 +135,17 @@ def paper_bootstrap(per_sample_max: pd.Series, corpus: pd.DataFrame, sizes: Sequ
     ids = list(corpus["sample_id"])
     cats = corpus["category"].fillna("unknown").astype(str).tolist()
     m = per_sample_max.reindex(ids).to_numpy(dtype=float)
-    full = float(np.nanmax(m))
-    scale = len(ids) < PAPER_CORPUS_SIZE and max(sizes) >= len(ids)
-    rows = []
+    full = float(np.nanmax(m)) if len(m) else float("nan")
+    rows, scaled = [], []
     for n in sizes:
-        used = max(2, round(n * len(ids) / PAPER_CORPUS_SIZE)) if scale else n
+        used = n
+        if n >= len(ids):  # not a subset of this corpus: the same fraction of it as of the paper's 5,000
+            used = max(2, min(len(ids) - 1, round(n * len(ids) / PAPER_CORPUS_SIZE)))
+            scaled.append(f"{n} -> {used}")
         maxima = [float(np.nanmax(m[paper_subset(cats, used, seed + n * 100 + r)])) for r in range(repeats)]
         rows.append({"size": n, "drawn": used, **paper_bootstrap_row(maxima, full)})
-    note = (f"the corpus has {len(ids)} samples, fewer than the sizes asked ({', '.join(map(str, sizes))} of the paper's "
-            f"{PAPER_CORPUS_SIZE:,}): the same fractions of it were drawn") if scale else None
+    note = (f"the corpus has {len(ids)} samples, not more than the size(s) asked: drawn as the same fraction of it as of "
+            f"the paper's {PAPER_CORPUS_SIZE:,} ({'; '.join(scaled)})") if scaled else None
     return pd.DataFrame(rows), {"sizes": list(sizes), "drawn": [r["drawn"] for r in rows], "repeats": repeats, "seed": seed,
                                 "note": note}
 

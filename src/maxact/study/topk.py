@@ -6,7 +6,9 @@ stream, attention and MLP outputs, final norm), the K = 100 largest |a| with the
 point (``topk_*``, and the first 5/10/100 as ``top5_*``, ``top10_*``, ``top100_*``), and a global list: the
 union of every point's top 5, sorted by (|a|, signed value) from the largest, cut to K. maxact keeps the same top
 values per point with their provenance (``top_activations``), so the file is written from a result without running
-the model again.
+the model again. Two differences are said in the file (``note``): maxact's top values are finite (NaN and inf are
+counted apart, never a top value), and with ``measure.topk`` below 5 a point gives fewer than 5 values to the global
+list than the paper's would.
 
 The indicators, as ``scan_top5.py`` computes them from such a file:
 
@@ -61,7 +63,10 @@ def top5_stats(result: Mapping, k: int = K) -> dict:
         "global_top5_abs_mean": sum(glob_abs) / len(glob_abs) if glob_abs else 0.0,
         "per_layer_stats": per_point,
         "source": "maxact: written from the result's top values per point (top_activations), in the paper's form",
-        "top_k_recorded": min((len(v) for v in (result.get("top_activations") or {}).values()), default=0),
+        "top_k_recorded": (recorded := min((len(v) for v in (result.get("top_activations") or {}).values()), default=0)),
+        "note": " ".join(filter(None, [
+            "maxact's top values are finite: NaN/inf are counted apart (result 'nonfinite')" if result.get("nonfinite") else None,
+            f"measure.topk was {recorded}, below 5: the global list is not the paper's" if 0 < recorded < 5 else None])) or None,
     }
 
 
