@@ -10,12 +10,22 @@ both ratios to the padded bare forward of their own run (so runs with different 
 
 Prints one row per checkpoint and the totals for the paper's corpus (17.0M tokens).
 
+With ``--shards-bench`` (a ``benchmarks/shards.py`` result) it also projects the wall time of the whole paper on
+``--gpus`` GPUs, each checkpoint one job (the packed hours plus one process's start-up and load) against each
+checkpoint cut into one shard per GPU (its hours / shards plus, per shard, a start-up, a load and the warm-up the
+benchmark measured, and one merge per checkpoint). Jobs go longest first to the GPU free soonest (what a cluster
+queue or ``snakemake --resources gpu=N`` does with jobs ready at once). Loads scale with the checkpoint's
+parameters from the benchmark's seconds per billion. Also one checkpoint alone (``--alone``) at ``--alone-scale``
+times the paper's tokens (4: the 20,000-sample corpus).
+
     python benchmarks/projection.py
+    python benchmarks/projection.py --shards-bench benchmarks/measured/<run>/shards_qwen3-8b.json --gpus 8
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 from pathlib import Path
 
@@ -34,6 +44,10 @@ def main(argv=None):
     ap.add_argument("--packed", nargs="+", default=[str(ROOT / "h200-2026-12-02" / "families_packed_all.json"),
                                                     str(ROOT / "h200-2026-12-02c" / "families_gemma2_flex.json")],
                     help="families.py runs, packed; a checkpoint in a later file replaces its row of an earlier one")
+    ap.add_argument("--shards-bench", help="a benchmarks/shards.py result: project the wall time on --gpus GPUs")
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--alone", default="Qwen2.5-32B-Instruct", help="the checkpoint of the one-checkpoint projection")
+    ap.add_argument("--alone-scale", type=float, default=4.0, help="its tokens, in paper corpora")
     a = ap.parse_args(argv)
     rehearsal = json.loads(Path(a.rehearsal).read_text())
     padded = {r["checkpoint"]: r for r in json.loads(Path(a.padded).read_text())}
@@ -42,6 +56,7 @@ def main(argv=None):
     print("| checkpoint | family forward | rehearsal tok/s | steady padded tok/s | gain | packed tok/s | paper corpus padded (h) | packed (h) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     tot_rehearsal = tot_padded = tot_packed = 0.0
+    hours: dict[str, tuple[float, float]] = {}  # checkpoint -> (packed seconds of the paper corpus, params in B)
     for r in rehearsal:
         rep = REPRESENTATIVE[r["model_type"]]
         old, new = padded[rep], packed[rep]
@@ -52,11 +67,56 @@ def main(argv=None):
         tot_rehearsal += PAPER_TOKENS / r["tok_s"] / 3600
         tot_padded += h_old
         tot_packed += h_new
+        hours[r["checkpoint"]] = (h_new * 3600, float(r["params_b"]))
         fwd = "packed" if new["method"] == "varlen" else "padded"
         print(f"| {r['checkpoint']} | {fwd} | {r['tok_s']:,.0f} | {steady:,.0f} | {gain:.2f} | {rate:,.0f} | {h_old:.2f} | {h_new:.2f} |")
     print(f"\nPaper corpus ({PAPER_TOKENS / 1e6:.1f}M tokens), 27 checkpoints: {tot_rehearsal:.1f} H200-hours at the rehearsal's "
           f"rates, {tot_padded:.1f} at the padded steady state, **{tot_packed:.1f} packed** "
           f"({tot_padded / tot_packed:.2f}x fewer than padded).")
+    if a.shards_bench:
+        wall_times(hours, json.loads(Path(a.shards_bench).read_text()), a.gpus, a.alone, a.alone_scale)
+
+
+def makespan(jobs: list[float], gpus: int) -> float:
+    """Longest job first, each to the GPU free soonest."""
+    free = [0.0] * gpus
+    for t in sorted(jobs, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + t)
+    return max(free)
+
+
+def wall_times(seconds: dict[str, tuple[float, float]], bench: dict, gpus: int, alone: str, alone_scale: float) -> None:
+    """The paper's wall time on ``gpus`` GPUs with and without sharding, from the per-process costs of ``bench``."""
+    procs = bench["processes"]
+    shard_procs = procs[1:]
+    params_b = seconds.get(bench["checkpoint"], (0, 8.0))[1]
+    startup = sum(p["startup"] + p["rest"] for p in shard_procs) / len(shard_procs)
+    load_per_b = sum(p["load"] for p in shard_procs) / len(shard_procs) / params_b
+    # warm-up: what a shard's measurement takes beyond its share of the unsharded measurement's seconds
+    warmup = max(0.0, (sum(p["measure"] for p in shard_procs) - procs[0]["measure"]) / len(shard_procs))
+    merge = bench["merge_wall"]
+    first_warmup = max(0.0, procs[0]["measure"] - bench["corpus"]["tokens"] * bench["projection"]["measure_seconds_per_mtoken"] / 1e6)
+
+    def job(name, scale=1.0, shards=1):
+        s, b = seconds[name]
+        return s * scale / shards + startup + load_per_b * b + (warmup if shards > 1 else first_warmup)
+
+    print(f"\nWall time on {gpus} GPUs (per process, from {bench['checkpoint']} on {bench['device_name']}: start-up and "
+          f"rest {startup:.1f} s, load {load_per_b:.2f} s per billion parameters, warm-up {warmup:.1f} s; merge "
+          f"{merge:.1f} s per checkpoint):\n")
+    counts = [n for n in (2, 4, 8, 16) if n <= gpus] + ([gpus] if gpus not in (2, 4, 8, 16) else [])
+    print("| what | GPU-hours | ideal (GPU-hours / GPUs) | without sharding | " + " | ".join(f"{n} shards each" for n in counts) + " |")
+    print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in counts) + " |")
+    for label, names, scale in ((f"the paper: 27 checkpoints x {PAPER_TOKENS / 1e6:.0f}M tokens", list(seconds), 1.0),
+                                (f"the paper x {alone_scale:g} (the 20,000-sample corpus)", list(seconds), alone_scale),
+                                (f"{alone} alone x {alone_scale * PAPER_TOKENS / 1e6:.0f}M tokens", [alone], alone_scale)):
+        gpu_h = sum(seconds[n][0] * scale for n in names) / 3600
+        plain = makespan([job(n, scale) for n in names], gpus)
+        cells = []
+        for n in counts:
+            sharded = makespan([job(c, scale, n) for c in names for _ in range(n)], gpus) + merge
+            cells.append(f"{sharded / 3600:.2f} h ({plain / sharded:.2f}x)")
+        print(f"| {label} | {gpu_h:.2f} | {gpu_h / gpus:.2f} h | {plain / 3600:.2f} h | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ rule aggregate:
     params:
         # The study's own checkpoints (meta) and pairs; the published ones come from input.published_config.
         study=study_meta_config(),
+        inputs=STUDY_INPUTS,
     conda:
         "../environment.yml"
     log:

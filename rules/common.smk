@@ -31,6 +31,7 @@ onstart:
     record_lock_owner(workflow, Path.cwd())
 
 RESULTS = config["results_dir"]
+SHARDS = int(config["runtime"]["shards"])  # a runtime setting: how the measure rule is split (rules/measure.smk)
 REPORTS = config["reports_dir"]
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
@@ -41,6 +42,10 @@ GROUPS = tokenizer_groups(config)
 wildcard_constraints:
     ckpt="[A-Za-z0-9._-]+",
     group="[A-Za-z0-9._-]+",
+
+
+scattergather:
+    shard=SHARDS,
 
 
 def all_targets():
@@ -54,6 +59,11 @@ def all_targets():
 def group_prepared(wildcards):
     """The prepared checkpoint whose tokenizer tokenizes this group (its first member)."""
     return f"{RESULTS}/checkpoints/{GROUPS[wildcards.group][0]}/prepared.json"
+
+
+def group_tokenizer_from(wildcards):
+    """The checkpoint whose tokenizer tokenizes the group (a param: a changed group reruns its tokenize)."""
+    return GROUPS[wildcards.group][0]
 
 
 def ckpt_tokens(wildcards):
@@ -79,12 +89,24 @@ def canonical(obj):
     return obj
 
 
+#: What decides the input lists of the study-level rules. The workflow runs without Snakemake's "input" rerun trigger
+#: (profiles/default: a changed runtime.shards changes the measure rule's inputs but not its results), so the rules
+#: whose inputs follow the config carry what decides them as params.
+STUDY_INPUTS = canonical({"checkpoints": CHECKPOINTS, "int8": config["int8"]["enabled"], "probes": config["probes"]["enabled"],
+                          "exports": config["measure"]["exports"], "published": config["published"]})
+
+
 def ckpt_entry(wildcards):
     return canonical(checkpoint_entry(config, wildcards.ckpt))
 
 
 def ckpt_meta(wildcards):
     return canonical(checkpoint_meta(config, wildcards.ckpt))
+
+
+def ckpt_group(wildcards):
+    """The tokenizer group whose tokens a checkpoint reads (a param: a changed group reruns what reads them)."""
+    return tokenizer_group(config, wildcards.ckpt)
 
 
 def ckpt_gpus(wildcards):

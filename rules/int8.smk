@@ -8,6 +8,7 @@ rule int8_check:
         result=f"{RESULTS}/int8/{{ckpt}}/int8_check.json",
     params:
         int8=canonical(config["int8"]),
+        tokens_group=ckpt_group,
     resources:
         gpu=ckpt_gpus,
     conda:

@@ -48,6 +48,7 @@ rule render:
         ),
     params:
         study=config["study_name"],
+        inputs=STUDY_INPUTS,
     conda:
         "../environment.yml"
     log:

@@ -13,6 +13,7 @@ rule supplementary:
     params:
         checkpoints=CHECKPOINTS,
         analysis=canonical(config["analysis"]),
+        inputs=STUDY_INPUTS,
     conda:
         "../environment.yml"
     log:

@@ -8,6 +8,7 @@ rule tokenize:
         tokens=f"{RESULTS}/tokens/{{group}}/tokens.parquet",
     params:
         tokenization=canonical(config["tokenization"]),
+        tokenizer_from=group_tokenizer_from,
     conda:
         "../environment.yml"
     log:

@@ -90,11 +90,11 @@ def cluster():
 # --------------------------------------------------------------------------- the two runs
 
 
-def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def _snakemake(workdir: Path, *args: str, config: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
            "--configfile", str(TEST_CONFIG),
            # relative to the working directory, so that paths written into results are equal
-           "--config", "results_dir=results", "reports_dir=results/reports", *args]
+           "--config", "results_dir=results", "reports_dir=results/reports", *config, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SNAKEMAKE_PROFILE", None)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=REPO, env=env)
@@ -113,7 +113,12 @@ def runs(cluster, tmp_path_factory):
     p_local = _snakemake(local, "--cores", "2", "--resources", "gpu=1", "--workflow-profile", "none")
     p_slurm = _snakemake(slurm, "--profile", str(PROFILE), "--profile", str(CI_PROFILE),
                          "--workflow-profile", "none")
-    return {"local": (local, p_local), "slurm": (slurm, p_slurm)}
+    sharded = base / "slurm_sharded"
+    sharded.mkdir()
+    # runtime.shards: 2 -> each checkpoint's measurement is two sbatch jobs (measure_shard) and a merge
+    p_sharded = _snakemake(sharded, "--profile", str(PROFILE), "--profile", str(CI_PROFILE), "--workflow-profile", "none",
+                           config=("runtime={shards: 2}",))
+    return {"local": (local, p_local), "slurm": (slurm, p_slurm), "slurm_sharded": (sharded, p_sharded)}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -198,3 +203,16 @@ def test_slurm_results_equal_local_results(runs):
     roots = [str(lwd), str(swd), str(lwd.resolve()), str(swd.resolve())]
     problems = compare_results(lres, sres, roots, names=("local", "slurm"))
     assert not problems, "Slurm results differ from local results:\n" + "\n".join(problems[:40])
+
+
+def test_a_sharded_study_on_slurm_equals_the_unsharded_local_one(runs):
+    """runtime.shards on the Slurm cluster: every shard its own sbatch job (gres:gpu:1), merged into the results of the
+    unsharded local run (float64 sums within 1e-9; the split itself only in the provenance)."""
+    (lwd, _), (swd, p) = runs["local"], runs["slurm_sharded"]
+    out = p.stdout + p.stderr
+    shard_jobs = [log for _, _, log in SUBMITTED.findall(out) if _rule_of(log) == "measure_shard"]
+    assert len(shard_jobs) == 4, out[-3000:]  # 2 shards x 2 checkpoints, each submitted on its own
+    roots = [str(lwd), str(swd), str(lwd.resolve()), str(swd.resolve())]
+    problems = compare_results(lwd / "results", swd / "results", roots, names=("local", "slurm sharded"),
+                               skip_files=r"^(measure_shards|slurm_logs|logs|benchmarks)/", drop_keys=r"^(shards|shard)$")
+    assert not problems, "Sharded Slurm results differ from local results:\n" + "\n".join(problems[:40])

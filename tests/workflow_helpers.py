@@ -49,12 +49,13 @@ def planned_wildcards(output: str, rule: str) -> list[str]:
     return out
 
 
-def clean(obj, roots: list[str]):
-    """Drop volatile keys recursively; replace each run's own directory in strings by <WD>."""
+def clean(obj, roots: list[str], drop: re.Pattern | None = None):
+    """Drop volatile keys (and keys matching ``drop``) recursively; replace each run's own directory in strings by <WD>."""
     if isinstance(obj, dict):
-        return {k: clean(v, roots) for k, v in obj.items() if not VOLATILE_KEY.search(str(k))}
+        return {k: clean(v, roots, drop) for k, v in obj.items()
+                if not VOLATILE_KEY.search(str(k)) and not (drop and drop.search(str(k)))}
     if isinstance(obj, list):
-        return [clean(v, roots) for v in obj]
+        return [clean(v, roots, drop) for v in obj]
     if isinstance(obj, str):
         for r in roots:
             obj = obj.replace(r, "<WD>")
@@ -96,18 +97,22 @@ def result_files(results: Path) -> set[str]:
     return {str(p.relative_to(results)) for p in results.rglob("*") if p.is_file()}
 
 
-def compare_results(a_res: Path, b_res: Path, roots: list[str], names=("first", "second")) -> list[str]:
+def compare_results(a_res: Path, b_res: Path, roots: list[str], names=("first", "second"), skip_files: str | None = None,
+                    drop_keys: str | None = None) -> list[str]:
     """Differences between two result trees: the same files, equal JSON (volatile keys aside, floats to 1e-9) and
-    equal Parquet tables. An empty list: the same results."""
+    equal Parquet tables. ``skip_files``: a regex of relative paths left out of the comparison; ``drop_keys``: a regex
+    of JSON keys dropped. An empty list: the same results."""
     import pandas as pd
 
-    afiles, bfiles = result_files(a_res), result_files(b_res)
+    skip = re.compile(skip_files) if skip_files else None
+    drop = re.compile(drop_keys) if drop_keys else None
+    afiles, bfiles = ({f for f in result_files(r) if not (skip and skip.search(f))} for r in (a_res, b_res))
     if afiles != bfiles:
         return [f"only in the {names[0]} run: {sorted(afiles - bfiles)}; only in the {names[1]} run: {sorted(bfiles - afiles)}"]
     problems = []
     for f in sorted(x for x in afiles if x.endswith(".json")):
-        a = clean(json.loads((a_res / f).read_text()), roots)
-        b = clean(json.loads((b_res / f).read_text()), roots)
+        a = clean(json.loads((a_res / f).read_text()), roots, drop)
+        b = clean(json.loads((b_res / f).read_text()), roots, drop)
         problems += [f"{f}: {d}" for d in diff(a, b, names=names)[:10]]
     for f in sorted(x for x in afiles if x.endswith(".parquet")):
         a, b = (clean_frame(pd.read_parquet(r / f), roots) for r in (a_res, b_res))

@@ -1,10 +1,12 @@
 """Rule int8_check: the paper's INT-8 sanity check at the checkpoint's peak layer."""
 from maxact.corpus.tokenization import read_tokens
+from maxact.gpuslots import acquire
 from maxact.io import read_json, write_json
 from maxact.rulelog import rule_logging
 from maxact.stages.int8 import int8_checkpoint
 
 with rule_logging(snakemake) as log:
+    acquire(int(snakemake.resources.gpu))  # before CUDA starts: this job's own GPU(s) (maxact.gpuslots)
     p = dict(snakemake.params.int8)
     result = read_json(snakemake.input.stats)
     tokens, _ = read_tokens(snakemake.input.tokens)

@@ -1,5 +1,5 @@
-"""Command line: ``maxact measure`` (one checkpoint, same code as the measure rule), ``maxact aggregate``,
-``maxact card``.
+"""Command line: ``maxact measure`` (one checkpoint, same code as the measure rule; ``--shard K/N`` for a slice of it),
+``maxact merge`` (shards into the whole), ``maxact aggregate``, ``maxact card``.
 
 Exit codes (one rule, in the README): 0 success; 2 a usage, config or input error (the message names the option or
 file and the fix; nothing was computed or changed); 1 the run started and failed; 130 interrupted.
@@ -91,6 +91,7 @@ def cmd_measure(a) -> int:
     from maxact.corpus.tokenization import tokenize_records, tokenizer_fingerprint
     from maxact.io import sha256_file, write_json
     from maxact.measurement.settings import MeasureSettings, resolve_device
+    from maxact.measurement.shards import INFO, STATE, Shard
     from maxact.models.checkpoints import load_tokenizer, prepare_checkpoint
     from maxact.outdir import OwnedDir
     from maxact.stages.measure import measure_checkpoint
@@ -101,12 +102,13 @@ def cmd_measure(a) -> int:
                 "full_stats": a.full_stats, "checkpoint_every": a.checkpoint_every,
                 "linear_inputs": a.calibration, "exports": _exports(a.export), "fill_uncovered": a.fill_uncovered}
     s = MeasureSettings.of(settings)
+    shard = Shard.parse(a.shard) if a.shard else None
     resolve_device(s.device)  # a device that is not there is refused before the checkpoint is prepared
     exports = files_for(s.exports) + (["calibration.json"] if s.exports else [])
     planned = ["activation_stats.json", "per_sample_extremes.parquet", "prepared.json", top5_name(entry["name"])] + \
-        (["linear_inputs.safetensors"] if s.records_linear_inputs else []) + exports
+        (["linear_inputs.safetensors"] if s.records_linear_inputs else []) + exports + ([STATE, INFO] if shard else [])
     out = OwnedDir(a.out, overwrite=a.overwrite)
-    out.claim(_identity(entry), planned)
+    out.claim({**_identity(entry), "shard": shard.label if shard else None}, planned)
     if a.max_samples:
         records = records[: a.max_samples]
 
@@ -117,7 +119,8 @@ def cmd_measure(a) -> int:
             "max_seq_len": a.max_seq_len, "add_special_tokens": a.add_special_tokens, "truncate": a.truncate}
     with out.staging() as stage:  # the earlier results stay as they were unless this whole run succeeds
         write_json(stage / "prepared.json", prepared)
-        r = measure_checkpoint(prepared, df, meta, stage, settings=settings, write_exports=True, resume_dir=out.resume_dir)
+        r = measure_checkpoint(prepared, df, meta, stage, settings=settings, write_exports=True, resume_dir=out.resume_dir,
+                               shard=shard)
         write_json(stage / top5_name(prepared["name"]), top5_stats(r))  # the top values in the paper's form
         files = out.commit()
     out.release()
@@ -129,6 +132,47 @@ def cmd_measure(a) -> int:
     if cal.get("uncovered"):
         print(f"  no calibration token reached {len(cal['uncovered'])} module(s)/expert(s) (left out of every file): "
               f"{', '.join(cal['uncovered'][:5])}{' ...' if len(cal['uncovered']) > 5 else ''}")
+    return EXIT_OK
+
+
+def cmd_merge(a) -> int:
+    from maxact.calibration.exports import files_for
+    from maxact.io import read_json, write_json
+    from maxact.measurement.shards import INFO
+    from maxact.outdir import OwnedDir
+    from maxact.stages.merge import merge_shards
+    from maxact.study.topk import top5_name, top5_stats
+
+    for d in a.shard_dirs:
+        if not (Path(d) / INFO).is_file():
+            raise InputError(f"{d}: no {INFO}; give the --out folders of `maxact measure --shard K/N`")
+    first = read_json(Path(a.shard_dirs[0]) / INFO)
+    prepared = first["prepared"]
+    settings = dict(first["result"]["provenance"]["settings"])
+    exports = _exports(a.export) if a.export is not None else list(settings.get("exports") or [])
+    if exports and not settings.get("linear_inputs"):
+        raise InputError("--export needs the linear layers' inputs, which these shards did not record: measure them with "
+                         "--calibration (or --export)")
+    s = {"exports": exports, "fill_uncovered": a.fill_uncovered or settings.get("fill_uncovered", "none")}
+    planned = ["activation_stats.json", "per_sample_extremes.parquet", "prepared.json", top5_name(prepared["name"])] + \
+        (["linear_inputs.safetensors"] if settings.get("linear_inputs") else []) + files_for(exports) + \
+        (["calibration.json"] if exports else [])
+    out = OwnedDir(a.out, overwrite=a.overwrite)
+    identity = {"checkpoint": prepared["name"], "source": prepared.get("source"),
+                "model": prepared.get("model_id") or (prepared.get("gguf") or {}).get("path") or prepared.get("load_path"),
+                "revision": prepared.get("revision"), "gguf_file": None, "shard": None}
+    out.claim(identity, planned)
+    with out.staging() as stage:
+        write_json(stage / "prepared.json", prepared)
+        r = merge_shards(a.shard_dirs, stage, settings=s, write_exports=True)
+        write_json(stage / top5_name(prepared["name"]), top5_stats(r))
+        files = out.commit()
+    out.release()
+    sh = r["provenance"]["shards"]
+    print(f"{prepared['name']}: {sh['count']} shards merged: global max {r['global_max_activation']} at {r['global_max_location']}")
+    print(f"  {r['num_samples']} samples, {r['num_tokens']:,} tokens; wall {sh['wall_seconds']} s, sum of shard times "
+          f"{sh['sum_of_shard_seconds']} s")
+    print(f"  wrote {len(files)} file(s) to {out.path}: {', '.join(files)}")
     return EXIT_OK
 
 
@@ -254,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="follow the tokenizer's own BOS/EOS convention (off: none added, as in the paper)")
     m.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own modelling code")
     m.add_argument("--cache-dir", default=study["cache_dir"], help="folder for GGUF conversions (reused across runs)")
+    m.add_argument("--shard", metavar="K/N",
+                   help="measure only shard K of N: the K-th of N contiguous slices of the batch plan; merge the N folders "
+                        "with `maxact merge`")
     m.set_defaults(func=cmd_measure)
     _verbose(m)
 
@@ -264,6 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_aggregate_arguments(g)
     g.set_defaults(func=aggregate_main)
     _verbose(g)
+
+    mg = sub.add_parser("merge", help="merge the folders of `maxact measure --shard K/N` into the result of the whole",
+                        formatter_class=_Help,
+                        description="Merge shard folders into the files of an unsharded run (refuses shards that do not "
+                                    "belong together, naming the shard and what differs).")
+    mg.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR", help="the --out folders of every shard K/N, K = 1..N")
+    mg.add_argument("--out", required=True, metavar="DIR", help="folder for the merged result")
+    mg.add_argument("--overwrite", action="store_true", help="replace another checkpoint's results in --out")
+    mg.add_argument("--export", metavar="LIST",
+                    help="calibration files to write: smoothquant,imatrix,input_scales,awq (comma-separated; the shards' "
+                         "own list when not given)")
+    mg.add_argument("--fill-uncovered", choices=["none", "max_over_layer"],
+                    help="scales for experts no token reached (the shards' own setting when not given)")
+    mg.set_defaults(func=cmd_merge)
+    _verbose(mg)
 
     c = sub.add_parser("card", help="write an activation card (Markdown + JSON) for one measured result folder",
                        formatter_class=_Help)

@@ -40,7 +40,7 @@ KNOWN = ("activation_stats.json", "per_sample_extremes.parquet", "linear_inputs.
          "calibration.json", "act_scales.pt", "act_scales.pt.json", "imatrix.gguf", "input_scales_int8.safetensors",
          "input_scales_fp8.safetensors", "amax_per_channel.safetensors", "awq_stats.safetensors", "partial_state.pt")
 #: What identifies the checkpoint a folder's results belong to (compared before a run overwrites them).
-IDENTITY_KEYS = ("checkpoint", "source", "model", "revision", "gguf_file")
+IDENTITY_KEYS = ("checkpoint", "source", "model", "revision", "gguf_file", "shard")
 
 
 class OutputDirError(InputError):
@@ -51,7 +51,7 @@ def _describe(identity: dict) -> str:
     parts = [f"checkpoint {identity.get('checkpoint')!r}"]
     if identity.get("model") and identity.get("model") != identity.get("checkpoint"):
         parts.append(f"model {identity['model']}")
-    for k in ("revision", "gguf_file"):
+    for k in ("revision", "gguf_file", "shard"):
         if identity.get(k):
             parts.append(f"{k.replace('_', ' ')} {identity[k]}")
     return ", ".join(parts)

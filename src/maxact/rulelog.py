@@ -20,7 +20,7 @@ def rule_logging(snakemake):
         console = logging.StreamHandler(old_err)
         console.setLevel(logging.WARNING)
         console.addFilter(lambda r: r.name.startswith("maxact"))
-        console.setFormatter(logging.Formatter(f"rule {snakemake.rule}: %(levelname)s %(message)s"))
+        console.setFormatter(logging.Formatter(f"maxact ({snakemake.rule}) %(levelname)s: %(message)s"))
         logging.getLogger().addHandler(console)
     try:
         yield logging.getLogger(f"maxact.rule.{snakemake.rule}")

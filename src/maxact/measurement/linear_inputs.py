@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from maxact.measurement.exactsum import dd_add_, dd_add_foreach_
 from maxact.measurement.kernels.column_stats import column_stats
 
 
@@ -32,7 +33,18 @@ class ChannelStats:
     sumabs: torch.Tensor
     count: torch.Tensor  # int64 [] or [E]: rows (tokens) seen
     nonfinite: torch.Tensor  # int64 []: NaN/Inf elements refused (for experts: per routed copy)
+    # The sums' low words (maxact.measurement.exactsum: shards merge to the unsharded sums bit for bit); None in a
+    # batch's partial and in the saved linear_inputs.safetensors (which hold the sums, rounded to float64).
+    sumsq_lo: torch.Tensor | None = None
+    sumabs_lo: torch.Tensor | None = None
     FIELDS: ClassVar[tuple[str, ...]] = ("max_abs", "sumsq", "sumabs", "count", "nonfinite")
+    #: A running state's fields (resume files, shard states): FIELDS and the low words.
+    STATE_FIELDS: ClassVar[tuple[str, ...]] = FIELDS + ("sumsq_lo", "sumabs_lo")
+
+    def __post_init__(self):
+        for k in ("sumsq", "sumabs"):
+            if getattr(self, f"{k}_lo") is None and getattr(self, k) is not None:
+                setattr(self, f"{k}_lo", torch.zeros_like(getattr(self, k)))
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], device) -> "ChannelStats":
@@ -40,15 +52,39 @@ class ChannelStats:
         return cls(torch.zeros(shape, dtype=torch.float32, device=device), torch.zeros(shape, **f64), torch.zeros(shape, **f64),
                    torch.zeros(shape[:-1], dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device))
 
+    @classmethod
+    def of_state(cls, fields: dict, device=None) -> "ChannelStats":
+        """From a state's fields (the low words may be absent: an older resume file), copied onto ``device``."""
+        return cls(**{k: (fields[k].to(device) if device is not None else fields[k].clone())
+                      for k in cls.STATE_FIELDS if fields.get(k) is not None})
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in self.STATE_FIELDS}
+
     def add(self, part: "ChannelStats") -> None:
         if part.max_abs.device != self.max_abs.device:  # restored from a resume file onto another device: follow
-            for k in self.FIELDS:  # the activations, once
+            for k in self.STATE_FIELDS:  # the activations, once
                 setattr(self, k, getattr(self, k).to(part.max_abs.device))
         torch.maximum(self.max_abs, part.max_abs, out=self.max_abs)
-        self.sumsq += part.sumsq
-        self.sumabs += part.sumabs
+        dd_add_(self.sumsq, self.sumsq_lo, part.sumsq, part.sumsq_lo)
+        dd_add_(self.sumabs, self.sumabs_lo, part.sumabs, part.sumabs_lo)
         self.count += part.count
         self.nonfinite += part.nonfinite
+
+    @staticmethod
+    def add_all(pairs: list[tuple["ChannelStats", "ChannelStats"]]) -> None:
+        """``st.add(part)`` for every pair, as a few multi-tensor ops (each ``st`` at most once)."""
+        if any(st.max_abs.device != part.max_abs.device for st, part in pairs):
+            for st, part in pairs:
+                st.add(part)
+            return
+        sts, parts = [p[0] for p in pairs], [p[1] for p in pairs]
+        torch._foreach_maximum_([s.max_abs for s in sts], [p.max_abs for p in parts])
+        for k in ("sumsq", "sumabs"):
+            dd_add_foreach_([getattr(s, k) for s in sts], [getattr(s, f"{k}_lo") for s in sts], [getattr(p, k) for p in parts],
+                            [getattr(p, f"{k}_lo") for p in parts])
+        torch._foreach_add_([s.count for s in sts], [p.count for p in parts])
+        torch._foreach_add_([s.nonfinite for s in sts], [p.nonfinite for p in parts])
 
     def host(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k).detach().cpu() for k in self.FIELDS}
@@ -184,11 +220,18 @@ class LinearInputs:
         """Commit the batch's partials (its forward completed)."""
         pending, self._pending, self._last = self._pending, [], None
         self._routes.clear()
+        rounds: list[list[tuple[ChannelStats, ChannelStats]]] = []  # a module seen k times this batch: in round k
+        seen: dict[int, int] = {}
         for table, name, shape, part in pending:
             st = table.get(name)
             if st is None:
                 st = table[name] = ChannelStats.zeros(shape, part.max_abs.device)
-            st.add(part)
+            k = seen[id(st)] = seen.get(id(st), -1) + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append((st, part))
+        for pairs in rounds:
+            ChannelStats.add_all(pairs)
 
     def discard(self) -> None:
         """Drop the batch's partials (out of memory: it is run again)."""
@@ -197,14 +240,14 @@ class LinearInputs:
 
     def state(self) -> dict:
         """The committed statistics, for a resume file (tensors stay where they are)."""
-        return {kind: {n: {k: getattr(st, k) for k in ChannelStats.FIELDS} for n, st in table.items()}
+        return {kind: {n: st.state() for n, st in table.items()}
                 for kind, table in (("linear", self.stats), ("experts", self.experts))}
 
     def restore(self, state: dict, device) -> None:
         for kind, table in (("linear", self.stats), ("experts", self.experts)):
             table.clear()
             for n, d in state[kind].items():
-                table[n] = ChannelStats(**{k: d[k].to(device) for k in ChannelStats.FIELDS})
+                table[n] = ChannelStats.of_state(d, device)
 
     def remove(self) -> None:
         for h in self._handles:

@@ -16,8 +16,8 @@ from maxact.errors import InputError
 #: Points with quantiles and the Sun criterion under ``full_stats: paper`` (the published files' set).
 PAPER_FULL_KINDS = ("embedding", "hidden", "attn", "mlp", "final_norm")
 #: Numeric settings and the schema section holding their range; settings that take one of a list of values.
-_RANGED = {"batch_size": "runtime", "max_batch_tokens": "runtime", "checkpoint_every": "runtime", "max_samples": "measure",
-           "topk": "measure"}
+_RANGED = {"batch_size": "runtime", "max_batch_tokens": "runtime", "checkpoint_every": "runtime", "shards": "runtime",
+           "max_samples": "measure", "topk": "measure"}
 _CHOICES = {"dtype": "runtime", "attn_implementation": "runtime", "full_stats": "measure", "packing": "measure",
             "fill_uncovered": "measure"}
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -39,6 +39,7 @@ class MeasureSettings:
     max_batch_tokens: int | None = _default("runtime", "max_batch_tokens")
     attn_implementation: str = _default("runtime", "attn_implementation")
     checkpoint_every: int = _default("runtime", "checkpoint_every")
+    shards: int = _default("runtime", "shards")  # how the workflow splits a measurement (maxact.measurement.shards)
     max_samples: int | None = _default("measure", "max_samples")
     topk: int = _default("measure", "topk")
     full_stats: str = _default("measure", "full_stats")

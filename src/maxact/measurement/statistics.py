@@ -22,10 +22,12 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from maxact.measurement import kernels
+from maxact.measurement.exactsum import dd_add, dd_add_foreach_
 
 warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)
 
@@ -182,6 +184,8 @@ class PointStats:
         self.sum = torch.zeros((), **f64)
         self.sumsq = torch.zeros((), **f64)
         self.abs_sum = torch.zeros((), **f64)
+        # The float64 sums' low words (maxact.measurement.exactsum): their order of addition does not change them.
+        self.sum_lo, self.sumsq_lo, self.abs_sum_lo = (torch.zeros((), **f64) for _ in range(3))
         self.max = torch.full((), -math.inf, **f32)
         self.min = torch.full((), math.inf, **f32)
         # One extra slot for rows whose sample is unknown (expert-internal rows).
@@ -200,6 +204,7 @@ class PointStats:
             self.sun_n_ratio = torch.zeros((), **i64)
             self.sun_ratio_sum = torch.zeros((), **f64)
             self.sun_ratio_sumsq = torch.zeros((), **f64)
+            self.sun_ratio_sum_lo, self.sun_ratio_sumsq_lo = torch.zeros((), **f64), torch.zeros((), **f64)
             self.sun_max_ratio = torch.full((), -1.0, **f32)
             self.sun_max_ratio_abs = torch.zeros((), **f32)
             self.sun_max_ratio_median = torch.zeros((), **f32)
@@ -284,6 +289,62 @@ class PointStats:
         tok_rank = tabs.topk(kt).indices  # [kt]
         return RowUpdate(tmax, tmin, med if self.full else None, tok_rank, x.index_select(0, tok_rank), info,
                          sums, counts, hist)
+
+    # ---------------------------------------------------------------- merge (shards)
+    #: How each statistic of two disjoint parts of a corpus combines into the statistic of the whole.
+    MERGE: ClassVar[dict[str, str]] = {
+        "count": "add", "n_nan": "add", "n_inf": "add", "sum": "add", "sumsq": "add", "abs_sum": "add", "n_tokens": "add",
+        "max": "max", "min": "min", "sample_max": "max", "sample_min": "min", "hist": "add", "n_zero": "add",
+        "sun_n_pass": "add", "sun_n_ratio": "add", "sun_ratio_sum": "add", "sun_ratio_sumsq": "add",
+        **{f"{k}_lo": "low word" for k in ("sum", "sumsq", "abs_sum", "sun_ratio_sum", "sun_ratio_sumsq")},
+    }
+
+    @classmethod
+    def merge_states(cls, states: list[dict[str, torch.Tensor]], topk: int) -> dict[str, torch.Tensor]:
+        """The state of the whole corpus from the states of its parts, ``states`` in batch order (shard 1 first).
+
+        Counts, sums and histograms add; extremes and per-sample extremes take the max/min; the top-k is merged by
+        :func:`fold`'s own rule (|a| descending, exact ties to the smallest sample, position, channel), so it is the
+        top-k of the whole; the Sun criterion's largest ratio keeps the earliest part holding it, as a run over the
+        batches in order does (a later batch replaces it only when strictly larger)."""
+        out: dict[str, torch.Tensor] = {}
+        for key in states[0]:
+            rule = cls.MERGE.get(key)
+            if rule == "add" and f"{key}_lo" in states[0]:  # float64 sums: exactly (double-double, exactsum)
+                hi, lo = states[0][key].clone(), states[0][f"{key}_lo"].clone()
+                for s in states[1:]:
+                    hi, lo = dd_add(hi, lo, s[key], s[f"{key}_lo"])
+                out[key], out[f"{key}_lo"] = hi, lo
+            elif rule == "add":  # integers exactly
+                out[key] = states[0][key].clone()
+                for s in states[1:]:
+                    out[key] = out[key] + s[key]
+            elif rule == "low word":  # set with its sum
+                continue
+            elif rule == "max":
+                out[key] = torch.stack([s[key] for s in states]).amax(0)
+            elif rule == "min":
+                out[key] = torch.stack([s[key] for s in states]).amin(0)
+        all_abs = torch.cat([s["top_abs"] for s in states])[None]
+        all_loc = torch.cat([s["top_loc"] for s in states])[None]
+        loc_key = (all_loc[..., 0] * (1 << 21) + all_loc[..., 1]) * (1 << 21) + all_loc[..., 3]
+        by_loc = loc_key.argsort(dim=1, stable=True)
+        keep = by_loc.gather(1, (-all_abs.gather(1, by_loc)).argsort(dim=1, stable=True)[:, :topk])[0]
+        out["top_abs"] = all_abs[0][keep]
+        out["top_loc"] = all_loc[0][keep]
+        out["top_val"] = torch.cat([s["top_val"] for s in states])[keep]
+        out["top_median"] = torch.cat([s["top_median"] for s in states])[keep]
+        if "sun_max_ratio" in states[0]:
+            best = states[0]
+            for s in states[1:]:
+                if s["sun_max_ratio"] > best["sun_max_ratio"]:
+                    best = s
+            for k in ("sun_max_ratio", "sun_max_ratio_abs", "sun_max_ratio_median"):
+                out[k] = best[k].clone()
+        missing = set(states[0]) - set(out)
+        if missing:
+            raise ValueError(f"no merge rule for statistic(s) {sorted(missing)} of point {cls.__name__}")
+        return out
 
     # ---------------------------------------------------------------- finalize
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -435,10 +496,13 @@ def _stacked(points, name: str) -> torch.Tensor:
 
 
 def commit(writes: list) -> None:
-    """Apply ``(points, state name, op, [P, ...] values)`` in place, one multi-tensor op each."""
+    """Apply ``(points, state name, op, [P, ...] values)`` in place, one multi-tensor op each (float64 sums: a few,
+    as double-double with their low words, so that shards merge to the unsharded sums bit for bit)."""
     for points, name, op, new in writes:
         dst, src = [getattr(p, name) for p in points], list(new.unbind(0))
-        if op == "add":
+        if op == "add" and new.dtype == torch.float64:
+            dd_add_foreach_(dst, [getattr(p, f"{name}_lo") for p in points], src)
+        elif op == "add":
             torch._foreach_add_(dst, src)
         else:
             torch._foreach_copy_(dst, src)

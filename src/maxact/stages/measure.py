@@ -26,6 +26,7 @@ from maxact.measurement.hooks import Measurement
 from maxact.measurement.packing import resolve_packing
 from maxact.measurement.resume import ResumeFile
 from maxact.measurement.settings import MeasureSettings, resolve_device
+from maxact.measurement.shards import Shard, plan_digest, save_state, shard_range
 from maxact.measurement.summary import assemble_result, per_sample_table
 from maxact.models import packed_attention
 from maxact.models.checkpoints import load_tokenizer
@@ -55,11 +56,15 @@ def measure_checkpoint(
     corpus_sha256: str | None = None,
     write_exports: bool = False,
     resume_dir: str | Path | None = None,
+    shard: Shard | None = None,
 ) -> dict:
     """Measure one checkpoint into ``out_dir``. With linear inputs recorded (``measure.linear_inputs`` or
     ``exports``) their statistics go to ``linear_inputs.safetensors``; ``write_exports`` also writes the
     calibration files there (the CLI; the workflow's ``calibration`` rule writes them from the saved file).
-    The partial state for resuming (``checkpoint_every``) is kept in ``resume_dir`` (default ``out_dir``)."""
+    The partial state for resuming (``checkpoint_every``) is kept in ``resume_dir`` (default ``out_dir``).
+
+    With ``shard`` (K of N) only that slice of the batch plan is measured (:mod:`maxact.measurement.shards`): the
+    folder holds a valid result over that part of the corpus and the shard's mergeable state (``maxact merge``)."""
     s = MeasureSettings.of(settings)
     out_dir = Path(out_dir)
     corpus_sha256 = corpus_sha256 or token_meta.get("corpus_sha256")
@@ -89,6 +94,7 @@ def measure_checkpoint(
             raise InputError(f"checkpoint {prepared['name']!r}: llama.cpp has no GGUF architecture for family {fam_name!r} "
                              f"(imatrix knows {', '.join(sorted(GGUF_ARCH))}): leave imatrix out of measure.exports "
                              "(--export) for it")
+    t_started = provenance.timestamp()
     t_load = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -115,6 +121,9 @@ def measure_checkpoint(
     if over_cap:
         log.warning("%s: %d sample(s) are longer than max_batch_tokens %d and run alone in a batch over that cap",
                     prepared["name"], over_cap, s.max_batch_tokens)
+    plan = batches
+    first, last = shard_range(batches, lengths, shard) if shard else (0, len(batches))
+    batches = batches[first:last]
     meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds(), packing=packing,
                        linear_inputs=s.records_linear_inputs)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -131,8 +140,9 @@ def measure_checkpoint(
                 "add_special_tokens": token_meta.get("add_special_tokens"),
                 # v2: the state holds the linear inputs (older files lack them); the experts implementation decides
                 # whether the fused experts' down projections are recorded
-                "linear_inputs": f"v2:{getattr(text_cfg, '_experts_implementation', None)}" if s.records_linear_inputs else False}
-    resume = ResumeFile(resume_dir or out_dir, s.checkpoint_every, batches, identity)
+                "linear_inputs": f"v2:{getattr(text_cfg, '_experts_implementation', None)}" if s.records_linear_inputs else False,
+                "plan_sha256": plan_digest(plan)}
+    resume = ResumeFile(resume_dir or out_dir, s.checkpoint_every, batches, {**identity, "shard": shard.label if shard else None})
     start = resume.restore(meas, device)
 
     from tqdm.auto import tqdm
@@ -150,8 +160,12 @@ def measure_checkpoint(
         kernels = kernels_used(model)  # while the hooks are on: the attention the batches ran with
         li = meas.linear_inputs
         linear = (li.stats, li.experts, li.not_recorded) if li is not None else None
+        state = meas.state() if shard else None
     finally:
         meas.remove()  # hooks off, the model's own attention (and conv) back, also after an error
+    measured = sorted(i for b in batches for i in b)  # the samples of this run (all of them unless sharded)
+    if shard:
+        per_sample = per_sample.iloc[measured].reset_index(drop=True)
 
     result = {
         "checkpoint": prepared["name"],
@@ -160,8 +174,8 @@ def measure_checkpoint(
         "family": fam.name,
         "num_hidden_layers": text_cfg.num_hidden_layers,
         "hidden_size": text_cfg.hidden_size,
-        "num_samples": len(samples),
-        "num_tokens": int(sum(lengths)),
+        "num_samples": len(measured),
+        "num_tokens": int(sum(lengths[i] for i in measured)),
         "max_seq_len": token_meta.get("max_seq_len"),
         **result_core,
         "meta": meta or {},
@@ -192,7 +206,7 @@ def measure_checkpoint(
             "kernels": kernels,
             "packing": {"setting": s.packing, "method": packing, "why_padded": not_packed_why or None,
                         **({"attention": packed_attention.describe(fam.packing.kernel)} if packing == "varlen" else {}),
-                        "batches": len(batches), "batches_over_token_cap": over_cap},
+                        "batches": len(plan), "batches_over_token_cap": over_cap},
             "environment": provenance.environment(),
             "timestamp": provenance.timestamp(),
             "durations": {"load_seconds": round(load_seconds, 3), "measure_seconds": round(run["seconds"], 3)},
@@ -201,6 +215,27 @@ def measure_checkpoint(
             "resumed_from_batch": start,
         },
     }
+    if shard:
+        shard_facts = {"index": shard.index, "count": shard.count, "batches": [first, last], "n_batches": len(batches),
+                       "samples": len(measured), "tokens": result["num_tokens"], "device_name": result["provenance"]["device_name"],
+                       "started": t_started, "finished": provenance.timestamp(),
+                       "durations": result["provenance"]["durations"], "plan_sha256": identity["plan_sha256"],
+                       "resumed_from_batch": start}
+        result["provenance"]["shard"] = shard_facts
+        # What the merge needs: the state, and everything of the result that is not a statistic.
+        save_state(out_dir, state, {"identity": {k: str(v) for k, v in sorted(identity.items())}, "shard": shard_facts,
+                                    "n_samples": len(samples), "sample_ids": [str(x) for x in sample_ids], "topk": int(s.topk),
+                                    "prepared": prepared, "not_recorded": linear[2] if linear is not None else {},
+                                    "result": {k: v for k, v in result.items() if k not in result_core}})
+    write_results(out_dir, result, per_sample, linear, s, write_exports)
+    resume.remove()
+    return result
+
+
+def write_results(out_dir: Path, result: dict, per_sample: pd.DataFrame, linear, s: MeasureSettings,
+                  write_exports: bool) -> None:
+    """The result files of a measurement (or a merge of shards): linear inputs and calibration files where recorded,
+    the per-sample extremes and ``activation_stats.json`` (last, so that it marks a complete folder)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if linear is not None:
         from maxact.calibration.exports import per_module
@@ -218,7 +253,5 @@ def measure_checkpoint(
                                  **({"files": report["files"], "filled": report["filled"]} if "files" in report else {})}
     atomic_save(out_dir / "per_sample_extremes.parquet", lambda tmp: per_sample.to_parquet(tmp, index=False))
     write_json(out_dir / "activation_stats.json", result)
-    resume.remove()
-    return result
 
 

@@ -9,11 +9,15 @@ The contract (:func:`column_stats`, both implementations): for rows ``x[rows[s]]
   batch; the running totals are float64);
 * ``nonfinite`` [] int64: NaN/Inf elements of the counted rows (left out of every statistic).
 
-The Triton kernel reads each row once (no float32 copy, no temporaries): a program takes a block of
-channels and a contiguous range of rows, keeps running sums for the group it is in and flushes them with
-atomics when the group changes, so rows sorted by group (what :mod:`maxact.measurement.linear_inputs` passes
-it for MoE experts) cost one flush per group and range. The torch reference materialises float32 copies (the CPU path).
-Neither synchronises the device or branches on values on the host.
+With ``groups`` the rows come sorted by group (non-decreasing ``groups``), as the callers sort them.
+
+The Triton kernels read each row once (no float32 copy): without groups a program takes a block of channels
+and a contiguous range of rows and writes its partials to its own row of a [chunks, C] buffer, which torch then
+reduces; with groups (rows sorted by group, what :mod:`maxact.measurement.linear_inputs` passes for MoE experts) a
+program takes a block of channels of one group's rows and writes that group's row. No float atomics: the same
+input gives the same bits on every run, so a sharded measurement merges to the unsharded one bit for bit
+(:mod:`maxact.measurement.shards`). The torch reference materialises float32 copies (the CPU path). Neither
+synchronises the device or branches on values on the host.
 """
 
 from __future__ import annotations
@@ -43,70 +47,76 @@ def supports(x: torch.Tensor) -> bool:
 if TRITON_AVAILABLE:
 
     @triton.jit
-    def _flush(max_ptr, sq_ptr, abs_ptr, g, C, cols, cmask, mx, sq, ab):
-        off = g * C + cols  # G x C < 2**31
-        tl.atomic_max(max_ptr + off, mx, mask=cmask)  # non-negative floats: max as floats
-        tl.atomic_add(sq_ptr + off, sq, mask=cmask)
-        tl.atomic_add(abs_ptr + off, ab, mask=cmask)
+    def _tile(x_ptr, rows_ptr, valid_ptr, r, rmask, cols, cmask, stride_x,
+              HAS_ROWS: tl.constexpr, HAS_VALID: tl.constexpr):
+        """|x| of rows ``r`` (finite elements; 0 elsewhere) and the non-finite mask of the counted ones."""
+        if HAS_VALID:
+            rmask = rmask & (tl.load(valid_ptr + r, mask=rmask, other=0) != 0)
+        if HAS_ROWS:
+            src = tl.load(rows_ptr + r, mask=rmask, other=0).to(tl.int64)
+        else:
+            src = r.to(tl.int64)
+        m = rmask[:, None] & cmask[None, :]
+        a = tl.abs(tl.load(x_ptr + src[:, None] * stride_x + cols[None, :], mask=m, other=0.0).to(tl.float32))
+        fin = a < float("inf")  # false for NaN and Inf
+        return tl.where(fin, a, 0.0), m & ~fin
 
     @triton.jit
-    def _column_stats_kernel(x_ptr, rows_ptr, groups_ptr, valid_ptr, max_ptr, sq_ptr, abs_ptr, nonfinite_ptr,
+    def _column_stats_kernel(x_ptr, rows_ptr, valid_ptr, max_ptr, sq_ptr, abs_ptr, nonfinite_ptr,
                              S, C, stride_x, tiles_per_prog,
-                             HAS_ROWS: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_VALID: tl.constexpr,
-                             BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                             HAS_ROWS: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        """All rows one group: program (c, r) writes its range's partials to row r of [chunks, C] buffers."""
         pid_c = tl.program_id(0)
         pid_r = tl.program_id(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = cols < C
         start = pid_r * tiles_per_prog * BLOCK_N
-        # Element-wise running accumulators: the reductions over rows happen once per flush, not per tile.
+        # Element-wise running accumulators: the reductions over rows happen once, at the end.
         acc_mx = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
         acc_sq = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
         acc_ab = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
         nonfinite = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.int32)
-        cur = tl.full([], 0, tl.int32)
-        if HAS_GROUPS:
-            cur = tl.load(groups_ptr + start).to(tl.int32)
         for t in range(0, tiles_per_prog):
             r = start + t * BLOCK_N + tl.arange(0, BLOCK_N)
-            rmask = r < S
-            if HAS_VALID:
-                rmask = rmask & (tl.load(valid_ptr + r, mask=rmask, other=0) != 0)
-            if HAS_ROWS:
-                src = tl.load(rows_ptr + r, mask=rmask, other=0).to(tl.int64)
-            else:
-                src = r.to(tl.int64)
-            m = rmask[:, None] & cmask[None, :]
-            a = tl.abs(tl.load(x_ptr + src[:, None] * stride_x + cols[None, :], mask=m, other=0.0).to(tl.float32))
-            fin = a < float("inf")  # false for NaN and Inf
-            nonfinite += (m & ~fin).to(tl.int32)
-            a = tl.where(fin, a, 0.0)  # masked-out elements loaded as 0
-            if HAS_GROUPS:
-                g = tl.load(groups_ptr + r, mask=rmask, other=0).to(tl.int32)
-                lo = tl.min(tl.where(rmask, g, 2147483647), axis=0)
-                hi = tl.max(tl.where(rmask, g, -1), axis=0)
-                if (lo == cur) & (hi == cur):  # the whole tile in the running group
-                    acc_mx = tl.maximum(acc_mx, a)
-                    acc_sq += a * a
-                    acc_ab += a
-                elif hi >= 0:  # the group changes in this tile: flush, then each group of the tile
-                    _flush(max_ptr, sq_ptr, abs_ptr, cur, C, cols, cmask,
-                           tl.max(acc_mx, axis=0), tl.sum(acc_sq, axis=0), tl.sum(acc_ab, axis=0))
-                    for gi in range(lo, hi):
-                        ag = tl.where((g == gi)[:, None], a, 0.0)
-                        _flush(max_ptr, sq_ptr, abs_ptr, gi, C, cols, cmask,
-                               tl.max(ag, axis=0), tl.sum(ag * ag, axis=0), tl.sum(ag, axis=0))
-                    ag = tl.where((g == hi)[:, None], a, 0.0)
-                    acc_mx = ag
-                    acc_sq = ag * ag
-                    acc_ab = ag
-                    cur = hi
-            else:
-                acc_mx = tl.maximum(acc_mx, a)
-                acc_sq += a * a
-                acc_ab += a
-        _flush(max_ptr, sq_ptr, abs_ptr, cur, C, cols, cmask,
-               tl.max(acc_mx, axis=0), tl.sum(acc_sq, axis=0), tl.sum(acc_ab, axis=0))
+            a, bad = _tile(x_ptr, rows_ptr, valid_ptr, r, r < S, cols, cmask, stride_x, HAS_ROWS, HAS_VALID)
+            nonfinite += bad.to(tl.int32)
+            acc_mx = tl.maximum(acc_mx, a)
+            acc_sq += a * a
+            acc_ab += a
+        off = pid_r.to(tl.int64) * C + cols
+        tl.store(max_ptr + off, tl.max(acc_mx, axis=0), mask=cmask)
+        tl.store(sq_ptr + off, tl.sum(acc_sq, axis=0), mask=cmask)
+        tl.store(abs_ptr + off, tl.sum(acc_ab, axis=0), mask=cmask)
+        tl.atomic_add(nonfinite_ptr, tl.sum(tl.sum(nonfinite, axis=1), axis=0))  # an integer: any order
+
+    @triton.jit
+    def _column_stats_grouped_kernel(x_ptr, rows_ptr, offsets_ptr, valid_ptr, max_ptr, sq_ptr, abs_ptr, nonfinite_ptr,
+                                     C, stride_x,
+                                     HAS_ROWS: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_N: tl.constexpr,
+                                     BLOCK_C: tl.constexpr):
+        """Rows sorted by group: program (c, g) reads group g's rows ``offsets[g]:offsets[g + 1]`` and writes its
+        row of the [G, C] outputs (one writer per element: no float atomics)."""
+        pid_c = tl.program_id(0)
+        g = tl.program_id(1)
+        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        start = tl.load(offsets_ptr + g)
+        end = tl.load(offsets_ptr + g + 1)
+        acc_mx = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        acc_sq = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        acc_ab = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+        nonfinite = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.int32)
+        for r0 in range(start, end, BLOCK_N):
+            r = r0 + tl.arange(0, BLOCK_N)
+            a, bad = _tile(x_ptr, rows_ptr, valid_ptr, r, r < end, cols, cmask, stride_x, HAS_ROWS, HAS_VALID)
+            nonfinite += bad.to(tl.int32)
+            acc_mx = tl.maximum(acc_mx, a)
+            acc_sq += a * a
+            acc_ab += a
+        off = g.to(tl.int64) * C + cols
+        tl.store(max_ptr + off, tl.max(acc_mx, axis=0), mask=cmask)
+        tl.store(sq_ptr + off, tl.sum(acc_sq, axis=0), mask=cmask)
+        tl.store(abs_ptr + off, tl.sum(acc_ab, axis=0), mask=cmask)
         tl.atomic_add(nonfinite_ptr, tl.sum(tl.sum(nonfinite, axis=1), axis=0))
 
 
@@ -138,21 +148,31 @@ def column_stats(x: torch.Tensor, rows=None, groups=None, n_groups: int = 1, val
     if x.stride(-1) != 1:
         x = x.contiguous()
     c = x.shape[1]
-    mx = torch.zeros((n_groups, c), dtype=torch.float32, device=x.device)
-    sq, ab = torch.zeros_like(mx), torch.zeros_like(mx)
     nonfinite = torch.zeros((), dtype=torch.int32, device=x.device)
     n_cblocks = triton.cdiv(c, block_c)
-    target = max(1, programs_per_sm * sm_count(x.device) // n_cblocks) if x.is_cuda else 2
-    chunks = max(1, min(triton.cdiv(s, block_n), target))
-    tiles_per_prog = triton.cdiv(triton.cdiv(s, chunks), block_n)
-    chunks = triton.cdiv(s, tiles_per_prog * block_n)
     dummy = nonfinite  # an unused pointer argument
     valid_u8 = None if valid is None else valid.reshape(s).to(torch.uint8)
+    flags = dict(HAS_ROWS=rows is not None, HAS_VALID=valid is not None, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps)
     # Triton launches on the current device and stream: on x's (a model split over GPUs calls this for any).
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _column_stats_kernel[(n_cblocks, chunks)](
-            x, rows if rows is not None else dummy, groups if groups is not None else dummy,
-            valid_u8 if valid_u8 is not None else dummy, mx, sq, ab, nonfinite, s, c, x.stride(0), tiles_per_prog,
-            HAS_ROWS=rows is not None, HAS_GROUPS=groups is not None, HAS_VALID=valid is not None,
-            BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps)
+        if groups is None:
+            target = max(1, programs_per_sm * sm_count(x.device) // n_cblocks) if x.is_cuda else 2
+            chunks = max(1, min(triton.cdiv(s, block_n), target))
+            tiles_per_prog = triton.cdiv(triton.cdiv(s, chunks), block_n)
+            chunks = triton.cdiv(s, tiles_per_prog * block_n)
+            parts = torch.empty((3, chunks, c), dtype=torch.float32, device=x.device)
+            _column_stats_kernel[(n_cblocks, chunks)](
+                x, rows if rows is not None else dummy, valid_u8 if valid_u8 is not None else dummy,
+                parts[0], parts[1], parts[2], nonfinite, s, c, x.stride(0), tiles_per_prog, **flags)
+            # the chunks' partials added by torch in a fixed order: the same input gives the same bits
+            mx, sq, ab = parts[0].amax(0, keepdim=True), parts[1].sum(0, keepdim=True), parts[2].sum(0, keepdim=True)
+        else:
+            counts = torch.bincount(groups.reshape(-1).long(), minlength=n_groups)[:n_groups]
+            offsets = torch.zeros(n_groups + 1, dtype=torch.int32, device=x.device)
+            offsets[1:] = counts.cumsum(0)
+            mx = torch.empty((n_groups, c), dtype=torch.float32, device=x.device)
+            sq, ab = torch.empty_like(mx), torch.empty_like(mx)
+            _column_stats_grouped_kernel[(n_cblocks, n_groups)](
+                x, rows if rows is not None else dummy, offsets, valid_u8 if valid_u8 is not None else dummy,
+                mx, sq, ab, nonfinite, c, x.stride(0), **flags)
     return mx, sq, ab, nonfinite.long()
