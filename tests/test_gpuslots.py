@@ -32,8 +32,14 @@ def fake_gpus(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _job(n: int, hold: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", JOB, str(n), str(hold)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+def _job(n: int, hold: float, code: str = JOB) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, str(n), str(hold)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def _wait_for_holder(lock, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
 
 
 def test_concurrent_jobs_never_share_a_gpu(fake_gpus):
@@ -97,3 +103,31 @@ def test_workflow_gpu_jobs_take_their_own_slot(tmp_path, monkeypatch):
     assert len([k for k in taken if "-of-2" in k]) == 4 and set(taken.values()) <= {"0", "1"}, taken
     assert "Nothing to be done" in snakemake(wd, "-n", "--config", "runtime={shards: 2}").stdout
     del p
+
+
+def test_a_job_that_drops_the_returned_object_still_holds_its_gpu(fake_gpus, monkeypatch):
+    """What the workflow scripts do: ``acquire(n)`` as a statement. The slot stays taken until the process ends."""
+    monkeypatch.setenv("MAXACT_GPU_IDS", "5")
+    holder = _job(1, 60, code="import sys, time, gc\nfrom maxact.gpuslots import acquire\nacquire(1)\ngc.collect()\ntime.sleep(60)\n")
+    _wait_for_holder(fake_gpus / "locks" / "gpu5.lock")
+    time.sleep(0.3)  # past the statement: a dropped object would have closed its lock file by now
+    with pytest.raises(RuntimeError, match="no 1 free GPU slot"):
+        acquire(1, wait_seconds=0.3, poll=0.05)
+    holder.kill()
+    holder.wait()
+    acquire(1, wait_seconds=5, poll=0.05).release()
+
+
+def test_under_slurm_nothing_is_taken_and_the_allocation_stands(fake_gpus, monkeypatch):
+    monkeypatch.delenv("MAXACT_GPU_IDS")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    slots = acquire(1, wait_seconds=0.3, poll=0.05)
+    assert slots.ids == [] and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert not (fake_gpus / "locks").exists()
+
+
+def test_an_empty_cuda_visible_devices_means_no_gpu(monkeypatch):
+    monkeypatch.delenv("MAXACT_GPU_IDS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_ids() == []

@@ -7,8 +7,13 @@ without blocking from the first free ones, and sets ``CUDA_VISIBLE_DEVICES`` to 
 its process ends, also when it is killed, so a killed job never holds a GPU.
 
 Which GPUs there are: ``MAXACT_GPU_IDS`` (a comma-separated list, e.g. fake ids in tests), else the
-``CUDA_VISIBLE_DEVICES`` the job was given (Slurm sets it: the allocation is then Slurm's own), else the GPUs the
-NVIDIA driver lists (``/proc/driver/nvidia/gpus``). Without GPUs (a CPU run) nothing is taken.
+``CUDA_VISIBLE_DEVICES`` the job was given (empty: none), else the GPUs the NVIDIA driver lists
+(``/proc/driver/nvidia/gpus``). Without GPUs (a CPU run) nothing is taken. Under Slurm (``SLURM_JOB_ID`` set, no
+``MAXACT_GPU_IDS``) nothing is taken either: Slurm's allocation is already the job's own, and with device cgroups
+every job sees its GPUs renumbered from 0, so locks by id would make jobs on different GPUs wait for each other.
+
+The slots are held until the process ends (or :meth:`GpuSlots.release`), whether or not the caller keeps the
+returned object.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ log = logging.getLogger(__name__)
 
 def gpu_ids() -> list[str]:
     """The ids of the GPUs jobs may use on this host (see the module docstring)."""
-    for var in ("MAXACT_GPU_IDS", "CUDA_VISIBLE_DEVICES"):
-        v = os.environ.get(var)
-        if v is not None and v.strip() not in ("", "NoDevFiles"):
-            return [x.strip() for x in v.split(",") if x.strip()]
+    if os.environ.get("MAXACT_GPU_IDS", "").strip():
+        return [x.strip() for x in os.environ["MAXACT_GPU_IDS"].split(",") if x.strip()]
+    v = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if v is not None:  # set, even empty ("no GPU") or Slurm's "NoDevFiles": the list it gives
+        return [x.strip() for x in v.split(",") if x.strip() and x.strip() != "NoDevFiles"]
     drv = Path("/proc/driver/nvidia/gpus")
     return [str(i) for i in range(len(list(drv.iterdir())))] if drv.is_dir() else []
 
@@ -43,16 +49,27 @@ class GpuSlots:
     def __init__(self, ids: list[str], files: list):
         self.ids = ids
         self._files = files
+        if files:
+            _HELD.append(self)  # a lock lives as long as its open file: held here, not by the caller's variable
 
     def release(self) -> None:
         for f in self._files:
             f.close()
         self._files = []
+        if self in _HELD:
+            _HELD.remove(self)
+
+
+_HELD: list[GpuSlots] = []
 
 
 def acquire(n: int, wait_seconds: float = 3600.0, poll: float = 0.5) -> GpuSlots:
     """Take ``n`` free GPU slots (waiting for them while other jobs hold them) and point ``CUDA_VISIBLE_DEVICES`` at
     them. ``n`` = 0, or a host without GPUs: nothing is taken."""
+    if n > 0 and os.environ.get("SLURM_JOB_ID") and not os.environ.get("MAXACT_GPU_IDS", "").strip():
+        log.info("GPUs allocated by Slurm (job %s, CUDA_VISIBLE_DEVICES=%s): no slot taken", os.environ["SLURM_JOB_ID"],
+                 os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        return GpuSlots([], [])
     ids = gpu_ids()
     if n <= 0 or not ids:
         return GpuSlots([], [])

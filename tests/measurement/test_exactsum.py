@@ -67,3 +67,15 @@ def test_the_multi_tensor_form_gives_the_same_pairs():
     for step in range(60):
         dd_add_foreach_(his, los, [torch.tensor(v[step], dtype=torch.float64) for v in vals])
     assert [float(h) for h in his] == [math.fsum(v) for v in vals]
+
+
+def test_an_infinite_sum_stays_infinite_and_nan_stays_nan():
+    f64 = dict(dtype=torch.float64)
+    hi, lo = torch.tensor([1.0, 1.0, 1e308, 2.0], **f64), torch.zeros(4, **f64)
+    dd_add_(hi, lo, torch.tensor([math.inf, -math.inf, 1e308, math.nan], **f64))  # inf addends, an overflow, NaN
+    assert hi[:3].tolist() == [math.inf, -math.inf, math.inf] and math.isnan(hi[3]) and lo[:3].tolist() == [0.0] * 3
+    dd_add_(hi, lo, torch.ones(4, **f64))  # a finite addend to an infinite sum: still infinite, as in float64
+    assert hi[:3].tolist() == [math.inf, -math.inf, math.inf] and lo[:3].tolist() == [0.0] * 3
+    his, los = [torch.tensor(1e308, **f64), torch.ones(3, **f64)], [torch.zeros((), **f64), torch.zeros(3, **f64)]
+    dd_add_foreach_(his, los, [torch.tensor(1e308, **f64), torch.tensor([1.0, math.inf, 2.0], **f64)])
+    assert float(his[0]) == math.inf and his[1].tolist() == [2.0, math.inf, 3.0] and float(los[0]) == 0.0

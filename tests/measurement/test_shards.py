@@ -126,14 +126,26 @@ def test_a_shard_without_tokens_for_an_expert_merges_to_the_unsharded_coverage(p
     assert merged["expert_routing"] == ref["expert_routing"]
 
 
+def _edited(folder, to, **identity):
+    """A copy of a shard folder whose shard.json says another ``identity`` (what a shard measured with, e.g., another
+    tokenizer of the same checkpoint name records)."""
+    import shutil
+
+    shutil.copytree(folder, to)
+    info = json.loads((to / "shard.json").read_text())
+    info["identity"].update(identity)
+    (to / "shard.json").write_text(json.dumps(info))
+    return to
+
+
 def test_merge_refuses_shards_that_do_not_belong_together(prepared_types, tmp_path):
     prepared, df, meta = prepared_types["llama"]
     s = {"device": "cpu", "batch_size": 2}
 
     def shard(name, k, n, **changes):
         d = tmp_path / name
-        measure_checkpoint(changes.pop("prepared", prepared), changes.pop("df", df), meta, d, settings={**s, **changes},
-                           shard=Shard(k, n))
+        measure_checkpoint(changes.pop("prepared", prepared), changes.pop("df", df), changes.pop("meta", meta), d,
+                           settings={**s, **changes}, shard=Shard(k, n))
         return d
 
     a1, a2, a3 = shard("a1", 1, 3), shard("a2", 2, 3), shard("a3", 3, 3)
@@ -147,6 +159,11 @@ def test_merge_refuses_shards_that_do_not_belong_together(prepared_types, tmp_pa
         ([a1, a2, shard("d3", 3, 3, df=other_tokens)], "token ids differs"),
         ([a1, a2, shard("e3", 3, 3, prepared=other_model)], "checkpoint differs"),
         ([a1, a2, shard("f3", 3, 3, batch_size=3)], "batch plan differs"),
+        ([a1, a2, shard("g3", 3, 3, prepared={**prepared, "revision": "0123abc"})], "revision differs"),
+        ([a1, a2, shard("h3", 3, 3, meta={**meta, "corpus_sha256": "another corpus"})], "corpus differs"),
+        ([a1, a2, _edited(a3, tmp_path / "i3", tokenizer_sha256="f" * 64)], "tokenizer differs"),  # another tokenizer
+        ([a1, a2, shard("j3", 3, 3, dtype="bfloat16")], "dtype differs"),
+        ([a1, a2, shard("k3", 3, 3, full_stats="all")], "measure.full_stats differs"),
         ([a1, a2, tmp_path], "no shard_state.safetensors"),
     ]
     for dirs, message in cases:
@@ -181,3 +198,32 @@ def test_cli_shards_and_merge_as_a_user_runs_them(tmp_path):
     assert not close_diffs({k: v for k, v in a.items() if k != "provenance"}, {k: v for k, v in b.items() if k != "provenance"})
     sh = b["provenance"]["shards"]
     assert sh["count"] == 2 and [p["index"] for p in sh["parts"]] == [1, 2] and sh["sum_of_shard_seconds"] > 0
+
+
+def test_a_killed_shard_resumes_through_checkpoint_every(prepared_types, tmp_path, monkeypatch):
+    """Shard 2 of 2 killed in its third forward with a saved state every batch: run again, it resumes from that
+    state, and the merge equals the unsharded run bit for bit."""
+    from maxact.measurement.hooks import Measurement
+
+    prepared, df, meta = prepared_types["llama"]
+    s = {"device": "cpu", "batch_size": 1, "checkpoint_every": 1}
+    measure_checkpoint(prepared, df, meta, tmp_path / "ref", settings=s)
+    measure_checkpoint(prepared, df, meta, tmp_path / "s1", settings=s, shard=Shard(1, 2))
+    real_forward, calls = Measurement.forward, {"n": 0}
+
+    def dying_forward(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(Measurement, "forward", dying_forward)
+    with pytest.raises(KeyboardInterrupt):
+        measure_checkpoint(prepared, df, meta, tmp_path / "s2", settings=s, shard=Shard(2, 2))
+    monkeypatch.setattr(Measurement, "forward", real_forward)
+    assert not (tmp_path / "s2" / "shard.json").exists()
+    part = measure_checkpoint(prepared, df, meta, tmp_path / "s2", settings=s, shard=Shard(2, 2))
+    assert part["provenance"]["resumed_from_batch"] == 2
+    merge_shards([tmp_path / "s1", tmp_path / "s2"], tmp_path / "m", settings=s)
+    got = compare_folders(tmp_path / "ref", tmp_path / "m")
+    assert got["bit_identical"], (got["stats"] + got["per_sample"] + got["tensors"])[:10]

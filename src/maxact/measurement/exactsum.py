@@ -23,34 +23,36 @@ def two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def dd_add(hi: torch.Tensor, lo: torch.Tensor, b: torch.Tensor, b_lo: torch.Tensor | None = None):
-    """``(hi, lo) + (b, b_lo)`` as a normalised pair (``hi`` the float64 nearest to the sum)."""
+    """``(hi, lo) + (b, b_lo)`` as a normalised pair (``hi`` the float64 nearest to the sum). An infinite sum (an
+    overflow, or an infinite addend) stays infinite with a zero low word, as a plain float64 sum would; NaN stays NaN."""
     s, e = two_sum(hi, b)
     e = e + lo
     if b_lo is not None:
         e = e + b_lo
-    return two_sum(s, e)
+    h, low = two_sum(s, e)
+    finite = torch.isfinite(s)  # where s is not, TwoSum's error terms are inf - inf = NaN
+    return torch.where(finite, h, s), torch.where(finite, low, 0.0)
 
 
 def dd_add_(hi: torch.Tensor, lo: torch.Tensor, b: torch.Tensor, b_lo: torch.Tensor | None = None) -> None:
     """In place: ``hi + lo += b (+ b_lo)``."""
-    h, l = dd_add(hi, lo, b, b_lo)
+    h, low = dd_add(hi, lo, b, b_lo)
     hi.copy_(h)
-    lo.copy_(l)
+    lo.copy_(low)
 
 
 def dd_add_foreach_(his: list[torch.Tensor], los: list[torch.Tensor], bs: list[torch.Tensor],
                     b_los: list[torch.Tensor] | None = None) -> None:
-    """:func:`dd_add_` over lists of tensors (one multi-tensor op per step; each ``his[i]`` at most once)."""
-    if not his:
-        return
-    s = torch._foreach_add(his, bs)
-    bb = torch._foreach_sub(s, his)
-    e = torch._foreach_add(torch._foreach_sub(his, torch._foreach_sub(s, bb)), torch._foreach_sub(bs, bb))
-    torch._foreach_add_(e, los)
-    if b_los is not None:
-        torch._foreach_add_(e, b_los)
-    h = torch._foreach_add(s, e)
-    hb = torch._foreach_sub(h, s)
-    low = torch._foreach_add(torch._foreach_sub(s, torch._foreach_sub(h, hb)), torch._foreach_sub(e, hb))
-    torch._foreach_copy_(his, h)
-    torch._foreach_copy_(los, low)
+    """:func:`dd_add_` over lists of tensors (each ``his[i]`` at most once), a few ops per device: the tensors are
+    concatenated, added as pairs and copied back."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(his):
+        by_device.setdefault(t.device, []).append(i)
+    for idx in by_device.values():
+        def flat(ts):
+            return torch.cat([ts[i].reshape(-1) for i in idx])
+
+        h, low = dd_add(flat(his), flat(los), flat(bs), flat(b_los) if b_los is not None else None)
+        sizes = [his[i].numel() for i in idx]
+        torch._foreach_copy_([his[i] for i in idx], [x.view_as(his[i]) for x, i in zip(h.split(sizes), idx)])
+        torch._foreach_copy_([los[i] for i in idx], [x.view_as(los[i]) for x, i in zip(low.split(sizes), idx)])

@@ -33,30 +33,34 @@ class ChannelStats:
     sumabs: torch.Tensor
     count: torch.Tensor  # int64 [] or [E]: rows (tokens) seen
     nonfinite: torch.Tensor  # int64 []: NaN/Inf elements refused (for experts: per routed copy)
-    # The sums' low words (maxact.measurement.exactsum: shards merge to the unsharded sums bit for bit); None in a
-    # batch's partial and in the saved linear_inputs.safetensors (which hold the sums, rounded to float64).
+    # The running sums' low words (maxact.measurement.exactsum: shards merge to the unsharded sums bit for bit); None
+    # in a batch's partial (nothing to carry) and left out of linear_inputs.safetensors (which holds the sums).
     sumsq_lo: torch.Tensor | None = None
     sumabs_lo: torch.Tensor | None = None
     FIELDS: ClassVar[tuple[str, ...]] = ("max_abs", "sumsq", "sumabs", "count", "nonfinite")
     #: A running state's fields (resume files, shard states): FIELDS and the low words.
     STATE_FIELDS: ClassVar[tuple[str, ...]] = FIELDS + ("sumsq_lo", "sumabs_lo")
 
-    def __post_init__(self):
+    def _with_low_words(self) -> "ChannelStats":
         for k in ("sumsq", "sumabs"):
-            if getattr(self, f"{k}_lo") is None and getattr(self, k) is not None:
+            if getattr(self, f"{k}_lo") is None:
                 setattr(self, f"{k}_lo", torch.zeros_like(getattr(self, k)))
+        return self
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], device) -> "ChannelStats":
+        """A running state: all zero, with its low words."""
         f64 = dict(dtype=torch.float64, device=device)
         return cls(torch.zeros(shape, dtype=torch.float32, device=device), torch.zeros(shape, **f64), torch.zeros(shape, **f64),
-                   torch.zeros(shape[:-1], dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device))
+                   torch.zeros(shape[:-1], dtype=torch.int64, device=device),
+                   torch.zeros((), dtype=torch.int64, device=device))._with_low_words()
 
     @classmethod
     def of_state(cls, fields: dict, device=None) -> "ChannelStats":
-        """From a state's fields (the low words may be absent: an older resume file), copied onto ``device``."""
+        """A running state from saved fields (a shard state; or the rounded sums alone, whose low words are then
+        zero), copied onto ``device``."""
         return cls(**{k: (fields[k].to(device) if device is not None else fields[k].clone())
-                      for k in cls.STATE_FIELDS if fields.get(k) is not None})
+                      for k in cls.STATE_FIELDS if fields.get(k) is not None})._with_low_words()
 
     def state(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in self.STATE_FIELDS}
@@ -65,6 +69,7 @@ class ChannelStats:
         if part.max_abs.device != self.max_abs.device:  # restored from a resume file onto another device: follow
             for k in self.STATE_FIELDS:  # the activations, once
                 setattr(self, k, getattr(self, k).to(part.max_abs.device))
+        self._with_low_words()
         torch.maximum(self.max_abs, part.max_abs, out=self.max_abs)
         dd_add_(self.sumsq, self.sumsq_lo, part.sumsq, part.sumsq_lo)
         dd_add_(self.sumabs, self.sumabs_lo, part.sumabs, part.sumabs_lo)
@@ -78,11 +83,15 @@ class ChannelStats:
             for st, part in pairs:
                 st.add(part)
             return
-        sts, parts = [p[0] for p in pairs], [p[1] for p in pairs]
+        sts, parts = [p[0]._with_low_words() for p in pairs], [p[1] for p in pairs]
         torch._foreach_maximum_([s.max_abs for s in sts], [p.max_abs for p in parts])
         for k in ("sumsq", "sumabs"):
-            dd_add_foreach_([getattr(s, k) for s in sts], [getattr(s, f"{k}_lo") for s in sts], [getattr(p, k) for p in parts],
-                            [getattr(p, f"{k}_lo") for p in parts])
+            lows = [getattr(p, f"{k}_lo") for p in parts]
+            if all(x is None for x in lows):  # batch partials
+                lows = None
+            else:
+                lows = [torch.zeros_like(getattr(p, k)) if x is None else x for p, x in zip(parts, lows)]
+            dd_add_foreach_([getattr(s, k) for s in sts], [getattr(s, f"{k}_lo") for s in sts], [getattr(p, k) for p in parts], lows)
         torch._foreach_add_([s.count for s in sts], [p.count for p in parts])
         torch._foreach_add_([s.nonfinite for s in sts], [p.nonfinite for p in parts])
 
@@ -98,8 +107,8 @@ def dense_partial(x: torch.Tensor, valid: torch.Tensor) -> ChannelStats:
 
 def _per_expert(x: torch.Tensor, ids: torch.Tensor, n_experts: int, rows_of=None, presorted: bool = False) -> ChannelStats:
     """Partials per expert of the rows ``ids`` [S] assigns (row ``s`` is ``x[rows_of(perm)[s]]``): sorted by
-    expert first (unless ``presorted``: ``x``'s rows already come in expert order), so that the kernel
-    flushes each expert's sums once per range of rows."""
+    expert first (unless ``presorted``: ``x``'s rows already come in expert order): the kernel takes each expert's
+    rows as one contiguous range (it needs them sorted)."""
     ids = ids.reshape(-1)
     if presorted:
         sorted_ids, rows = ids, None

@@ -114,16 +114,25 @@ def save_state(folder: Path, state: dict, info: dict) -> None:
     write_json(folder / INFO, info)
 
 
-def load_state(folder: Path) -> tuple[dict, dict]:
-    """(state, info) of a shard folder; an InputError naming the folder when a part is missing or unreadable."""
-    from safetensors import SafetensorError, safe_open
-
+def load_info(folder: Path) -> dict:
+    """What a shard folder belongs to (its ``shard.json``); an InputError naming the folder when a part is missing."""
     folder = Path(folder)
     for f in (STATE, INFO):
         if not (folder / f).is_file():
             raise InputError(f"{folder}: no {f}; not the output folder of `maxact measure --shard` (or the shard did not finish)")
     try:
-        info = json.loads((folder / INFO).read_text())
+        return json.loads((folder / INFO).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{folder}: {INFO} is unreadable ({type(e).__name__}: {e}); measure that shard again") from None
+
+
+def load_state(folder: Path) -> tuple[dict, dict]:
+    """(state, info) of a shard folder; an InputError naming the folder when a part is missing or unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    info = load_info(folder)
+    try:
         state: dict = {"points": {}, "expert_counts": {}}
         with safe_open(str(folder / STATE), "pt") as f:
             if (f.metadata() or {}).get("linear_inputs") == "True":

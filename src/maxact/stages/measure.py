@@ -123,6 +123,10 @@ def measure_checkpoint(
                     prepared["name"], over_cap, s.max_batch_tokens)
     plan = batches
     first, last = shard_range(batches, lengths, shard) if shard else (0, len(batches))
+    if shard and first == last:
+        log.warning("shard %s has no batches: the batch plan of checkpoint %r has %d, fewer than the %d shards (a valid, "
+                    "empty part; use at most %d shards)", shard.label, prepared.get("name"), len(batches), shard.count,
+                    len(batches))
     batches = batches[first:last]
     meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds(), packing=packing,
                        linear_inputs=s.records_linear_inputs)

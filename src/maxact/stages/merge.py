@@ -15,7 +15,7 @@ from pathlib import Path
 
 from maxact.errors import InputError
 from maxact.measurement.settings import MeasureSettings
-from maxact.measurement.shards import MergedMeasurement, load_state, merge_states
+from maxact.measurement.shards import MergedMeasurement, load_info, load_state, merge_states
 from maxact.measurement.summary import assemble_result, per_sample_table
 from maxact.models.checkpoints import load_tokenizer
 from maxact.stages.measure import write_results
@@ -67,17 +67,15 @@ def check_shards(infos: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
 def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path, settings: MeasureSettings | dict | None = None,
                  write_exports: bool = False, prepared: dict | None = None) -> dict:
     """Merge the shard folders into ``out_dir`` (the files of an unsharded run); the merged result."""
-    loaded = []
-    for d in shard_dirs:
-        state, info = load_state(Path(d))
-        loaded.append((Path(d), info, state))
-    order = check_shards([(d, info) for d, info, _ in loaded])
-    by_dir = {d: (info, state) for d, info, state in loaded}
-    infos = [by_dir[d][0] for d, _ in order]
-    states = [by_dir[d][1] for d, _ in order]
+    order = check_shards([(Path(d), load_info(Path(d))) for d in shard_dirs])
+    infos = [info for _, info in order]
     first = infos[0]
     topk, n_samples, sample_ids = first["topk"], first["n_samples"], first["sample_ids"]
-    merged = merge_states(states, topk)
+    merged = None
+    for d, _ in order:  # one shard's state in memory at a time (with the merged one): each rule merges pairwise
+        state, _ = load_state(d)
+        merged = state if merged is None else merge_states([merged, state], topk)
+        del state
     mm = MergedMeasurement(merged, n_samples, topk)
     tok = load_tokenizer(prepared or first["prepared"])
     host = mm.host_state()
@@ -96,6 +94,19 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path, settings: Me
                       "merged_from": [str(d) for d, _ in order]}
     prov["oom_splits"] = [x for info in infos for x in (info["result"]["provenance"].get("oom_splits") or [])]
     prov["device_name"] = ", ".join(sorted({sh["device_name"] for sh in shards}))
+    # The merge is exact for what the shards measured; it equals an unsharded run bit for bit only where each batch's
+    # arithmetic was the unsharded run's: the same GPU model (kernels and their chunking follow it), whole batches.
+    caveats = []
+    if len({sh["device_name"] for sh in shards}) > 1:
+        caveats.append(f"the shards ran on different devices ({prov['device_name']}): an unsharded run on any one of them "
+                       "can differ in the last bits of sums and near-tied extremes")
+    split = [info["shard"]["index"] for info in infos if info["result"]["provenance"].get("oom_splits")]
+    if split:
+        caveats.append(f"shard(s) {', '.join(map(str, split))} halved batches after running out of memory: those batches' "
+                       "sums were added in another grouping than an unsharded run's without the split")
+    prov["shards"]["caveats"] = caveats
+    for c in caveats:
+        log.warning("merge: %s", c)
     prov["durations"] = {k: round(sum((sh.get("durations") or {}).get(k, 0.0) for sh in shards), 3)
                          for k in ("load_seconds", "measure_seconds")}  # summed over the shards
     # 0 as in an unsharded run unless a shard resumed from a saved state (then each shard's, in order)

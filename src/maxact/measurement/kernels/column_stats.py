@@ -30,10 +30,11 @@ import torch
 from maxact.measurement.kernels.common import sm_count
 from maxact.measurement.kernels.triton import INTERPRET, TRITON_AVAILABLE, tl, triton
 
-# Launch configurations (rows per tile, channels per program, warps, programs per SM), the fastest of
-# benchmarks/bench_column_stats.py on an H200 (benchmarks/measured/h200-2026-12-02b/bench_column_stats.txt):
-# dense inputs 1.55-1.75x one read of the tensor ([65536, 12288] / [65536, 4096] bf16), rows gathered or
-# grouped by expert (MoE) 16,128,8,8 is up to 1.7x slower than 32,64,4,8. MAXACT_COLUMN_STATS overrides both.
+# Launch configurations (rows per tile, channels per program, warps, programs per SM; the grouped kernel runs one
+# program per channel block and group, so it does not use the last), chosen by benchmarks/bench_column_stats.py on an
+# H200 for the earlier kernel, which added partials with atomics (benchmarks/measured/h200-2026-12-02b/). The
+# deterministic kernels ran within 0.84-1.20x of its time on the same shapes on an H100
+# (benchmarks/measured/h100-2026-12-06-shards/column_stats_deterministic.txt). MAXACT_COLUMN_STATS overrides both.
 CONFIG = (16, 128, 8, 8)
 CONFIG_GROUPED = (32, 64, 4, 8)
 if os.environ.get("MAXACT_COLUMN_STATS"):
@@ -167,9 +168,9 @@ def column_stats(x: torch.Tensor, rows=None, groups=None, n_groups: int = 1, val
             # the chunks' partials added by torch in a fixed order: the same input gives the same bits
             mx, sq, ab = parts[0].amax(0, keepdim=True), parts[1].sum(0, keepdim=True), parts[2].sum(0, keepdim=True)
         else:
-            counts = torch.bincount(groups.reshape(-1).long(), minlength=n_groups)[:n_groups]
-            offsets = torch.zeros(n_groups + 1, dtype=torch.int32, device=x.device)
-            offsets[1:] = counts.cumsum(0)
+            # each group's first row in the sorted ids (searchsorted: no host sync, unlike bincount on CUDA)
+            bounds = torch.arange(n_groups + 1, device=x.device, dtype=groups.dtype)
+            offsets = torch.searchsorted(groups.reshape(-1).contiguous(), bounds).to(torch.int32)
             mx = torch.empty((n_groups, c), dtype=torch.float32, device=x.device)
             sq, ab = torch.empty_like(mx), torch.empty_like(mx)
             _column_stats_grouped_kernel[(n_cblocks, n_groups)](
