@@ -53,7 +53,7 @@ else:
         benchmark:
             f"{BENCH}/measure_shard/{{ckpt}}/{{scatteritem}}.tsv"
         script:
-            "../workflow_scripts/measure_shard.py"
+            "../workflow_scripts/measure.py"
 
     rule measure:
         """The checkpoint's shards merged into the files of an unsharded measurement (no GPU)."""

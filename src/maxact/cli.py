@@ -87,7 +87,6 @@ def cmd_measure(a) -> int:
     records = read_texts(a.texts)
     entry = _entry_for(a.model, a.gguf_file, a.revision, a.trust_remote_code)
 
-    from maxact.calibration.exports import files_for
     from maxact.corpus.tokenization import tokenize_records, tokenizer_fingerprint
     from maxact.io import sha256_file, write_json
     from maxact.measurement.settings import MeasureSettings, resolve_device
@@ -104,9 +103,7 @@ def cmd_measure(a) -> int:
     s = MeasureSettings.of(settings)
     shard = Shard.parse(a.shard) if a.shard else None
     resolve_device(s.device)  # a device that is not there is refused before the checkpoint is prepared
-    exports = files_for(s.exports) + (["calibration.json"] if s.exports else [])
-    planned = ["activation_stats.json", "per_sample_extremes.parquet", "prepared.json", top5_name(entry["name"])] + \
-        (["linear_inputs.safetensors"] if s.records_linear_inputs else []) + exports + ([STATE, INFO] if shard else [])
+    planned = _planned(entry["name"], s.records_linear_inputs, s.exports) + ([STATE, INFO] if shard else [])
     out = OwnedDir(a.out, overwrite=a.overwrite)
     out.claim({**_identity(entry), "shard": shard.label if shard else None}, planned)
     if a.max_samples:
@@ -136,7 +133,6 @@ def cmd_measure(a) -> int:
 
 
 def cmd_merge(a) -> int:
-    from maxact.calibration.exports import files_for
     from maxact.io import read_json, write_json
     from maxact.measurement.shards import INFO
     from maxact.outdir import OwnedDir
@@ -154,9 +150,7 @@ def cmd_merge(a) -> int:
         raise InputError("--export needs the linear layers' inputs, which these shards did not record: measure them with "
                          "--calibration (or --export)")
     s = {"exports": exports, "fill_uncovered": a.fill_uncovered or settings.get("fill_uncovered", "none")}
-    planned = ["activation_stats.json", "per_sample_extremes.parquet", "prepared.json", top5_name(prepared["name"])] + \
-        (["linear_inputs.safetensors"] if settings.get("linear_inputs") else []) + files_for(exports) + \
-        (["calibration.json"] if exports else [])
+    planned = _planned(prepared["name"], bool(settings.get("linear_inputs")), exports)
     out = OwnedDir(a.out, overwrite=a.overwrite)
     identity = {"checkpoint": prepared["name"], "source": prepared.get("source"),
                 "model": prepared.get("model_id") or (prepared.get("gguf") or {}).get("path") or prepared.get("load_path"),
@@ -174,6 +168,15 @@ def cmd_merge(a) -> int:
           f"{sh['sum_of_shard_seconds']} s")
     print(f"  wrote {len(files)} file(s) to {out.path}: {', '.join(files)}")
     return EXIT_OK
+
+
+def _planned(name: str, linear_inputs: bool, exports) -> list[str]:
+    """The files a measurement (or a merge) of checkpoint ``name`` writes into its --out folder."""
+    from maxact.calibration.exports import files_for
+    from maxact.study.topk import top5_name
+
+    return ["activation_stats.json", "per_sample_extremes.parquet", "prepared.json", top5_name(name)] + \
+        (["linear_inputs.safetensors"] if linear_inputs else []) + files_for(exports) + (["calibration.json"] if exports else [])
 
 
 def _exports(value: str | None) -> list[str]:

@@ -126,12 +126,12 @@ def load_info(folder: Path) -> dict:
         raise InputError(f"{folder}: {INFO} is unreadable ({type(e).__name__}: {e}); measure that shard again") from None
 
 
-def load_state(folder: Path) -> tuple[dict, dict]:
-    """(state, info) of a shard folder; an InputError naming the folder when a part is missing or unreadable."""
+def load_state(folder: Path) -> dict:
+    """The state of a shard folder whose :func:`load_info` was read; an InputError naming the folder when it is
+    unreadable."""
     from safetensors import SafetensorError, safe_open
 
     folder = Path(folder)
-    info = load_info(folder)
     try:
         state: dict = {"points": {}, "expert_counts": {}}
         with safe_open(str(folder / STATE), "pt") as f:
@@ -148,7 +148,7 @@ def load_state(folder: Path) -> tuple[dict, dict]:
                     state["linear_inputs"][parts[1]].setdefault(parts[2], {})[parts[3]] = t
     except (OSError, ValueError, SafetensorError) as e:
         raise InputError(f"{folder}: the shard's state is unreadable ({type(e).__name__}: {e}); measure that shard again") from None
-    return state, info
+    return state
 
 
 # --------------------------------------------------------------------------- merge

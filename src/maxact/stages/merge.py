@@ -73,7 +73,7 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path, settings: Me
     topk, n_samples, sample_ids = first["topk"], first["n_samples"], first["sample_ids"]
     merged = None
     for d, _ in order:  # one shard's state in memory at a time (with the merged one): each rule merges pairwise
-        state, _ = load_state(d)
+        state = load_state(d)
         merged = state if merged is None else merge_states([merged, state], topk)
         del state
     mm = MergedMeasurement(merged, n_samples, topk)

@@ -63,46 +63,25 @@ if TRITON_AVAILABLE:
         return tl.where(fin, a, 0.0), m & ~fin
 
     @triton.jit
-    def _column_stats_kernel(x_ptr, rows_ptr, valid_ptr, max_ptr, sq_ptr, abs_ptr, nonfinite_ptr,
-                             S, C, stride_x, tiles_per_prog,
-                             HAS_ROWS: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-        """All rows one group: program (c, r) writes its range's partials to row r of [chunks, C] buffers."""
+    def _column_stats_kernel(x_ptr, rows_ptr, offsets_ptr, valid_ptr, max_ptr, sq_ptr, abs_ptr, nonfinite_ptr,
+                             S, C, stride_x, rows_per_prog,
+                             HAS_ROWS: tl.constexpr, HAS_GROUPS: tl.constexpr, HAS_VALID: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Program (c, p) reduces one range of rows over one block of channels and writes row p of its outputs
+        (one writer per element: no float atomics). Without groups, range p is rows ``p * rows_per_prog`` onward
+        and row p of [chunks, C] partial buffers; with groups (rows sorted by group), range p is group p's rows
+        ``offsets[p]:offsets[p + 1]`` and row p of the [G, C] outputs."""
         pid_c = tl.program_id(0)
         pid_r = tl.program_id(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = cols < C
-        start = pid_r * tiles_per_prog * BLOCK_N
+        if HAS_GROUPS:
+            start = tl.load(offsets_ptr + pid_r)
+            end = tl.load(offsets_ptr + pid_r + 1)
+        else:
+            start = pid_r * rows_per_prog
+            end = tl.minimum(start + rows_per_prog, S)
         # Element-wise running accumulators: the reductions over rows happen once, at the end.
-        acc_mx = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-        acc_sq = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-        acc_ab = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-        nonfinite = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.int32)
-        for t in range(0, tiles_per_prog):
-            r = start + t * BLOCK_N + tl.arange(0, BLOCK_N)
-            a, bad = _tile(x_ptr, rows_ptr, valid_ptr, r, r < S, cols, cmask, stride_x, HAS_ROWS, HAS_VALID)
-            nonfinite += bad.to(tl.int32)
-            acc_mx = tl.maximum(acc_mx, a)
-            acc_sq += a * a
-            acc_ab += a
-        off = pid_r.to(tl.int64) * C + cols
-        tl.store(max_ptr + off, tl.max(acc_mx, axis=0), mask=cmask)
-        tl.store(sq_ptr + off, tl.sum(acc_sq, axis=0), mask=cmask)
-        tl.store(abs_ptr + off, tl.sum(acc_ab, axis=0), mask=cmask)
-        tl.atomic_add(nonfinite_ptr, tl.sum(tl.sum(nonfinite, axis=1), axis=0))  # an integer: any order
-
-    @triton.jit
-    def _column_stats_grouped_kernel(x_ptr, rows_ptr, offsets_ptr, valid_ptr, max_ptr, sq_ptr, abs_ptr, nonfinite_ptr,
-                                     C, stride_x,
-                                     HAS_ROWS: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_N: tl.constexpr,
-                                     BLOCK_C: tl.constexpr):
-        """Rows sorted by group: program (c, g) reads group g's rows ``offsets[g]:offsets[g + 1]`` and writes its
-        row of the [G, C] outputs (one writer per element: no float atomics)."""
-        pid_c = tl.program_id(0)
-        g = tl.program_id(1)
-        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = cols < C
-        start = tl.load(offsets_ptr + g)
-        end = tl.load(offsets_ptr + g + 1)
         acc_mx = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
         acc_sq = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
         acc_ab = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
@@ -114,11 +93,11 @@ if TRITON_AVAILABLE:
             acc_mx = tl.maximum(acc_mx, a)
             acc_sq += a * a
             acc_ab += a
-        off = g.to(tl.int64) * C + cols
+        off = pid_r.to(tl.int64) * C + cols
         tl.store(max_ptr + off, tl.max(acc_mx, axis=0), mask=cmask)
         tl.store(sq_ptr + off, tl.sum(acc_sq, axis=0), mask=cmask)
         tl.store(abs_ptr + off, tl.sum(acc_ab, axis=0), mask=cmask)
-        tl.atomic_add(nonfinite_ptr, tl.sum(tl.sum(nonfinite, axis=1), axis=0))
+        tl.atomic_add(nonfinite_ptr, tl.sum(tl.sum(nonfinite, axis=1), axis=0))  # an integer: any order
 
 
 def column_stats_reference(x, rows=None, groups=None, n_groups: int = 1, valid=None):
@@ -153,27 +132,24 @@ def column_stats(x: torch.Tensor, rows=None, groups=None, n_groups: int = 1, val
     n_cblocks = triton.cdiv(c, block_c)
     dummy = nonfinite  # an unused pointer argument
     valid_u8 = None if valid is None else valid.reshape(s).to(torch.uint8)
-    flags = dict(HAS_ROWS=rows is not None, HAS_VALID=valid is not None, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps)
+    flags = dict(HAS_ROWS=rows is not None, HAS_GROUPS=groups is not None, HAS_VALID=valid is not None, BLOCK_N=block_n,
+                 BLOCK_C=block_c, num_warps=num_warps)
+    if groups is None:  # programs over contiguous row ranges; their partials added by torch below
+        target = max(1, programs_per_sm * sm_count(x.device) // n_cblocks) if x.is_cuda else 2
+        chunks = max(1, min(triton.cdiv(s, block_n), target))
+        rows_per_prog = triton.cdiv(triton.cdiv(s, chunks), block_n) * block_n
+        n_prog = triton.cdiv(s, rows_per_prog)
+        offsets = dummy
+    else:  # one program per group: each group's first row in the sorted ids (searchsorted: no host sync, unlike bincount)
+        n_prog, rows_per_prog = n_groups, 0
+        bounds = torch.arange(n_groups + 1, device=x.device, dtype=groups.dtype)
+        offsets = torch.searchsorted(groups.reshape(-1).contiguous(), bounds).to(torch.int32)
+    out = torch.empty((3, n_prog, c), dtype=torch.float32, device=x.device)
     # Triton launches on the current device and stream: on x's (a model split over GPUs calls this for any).
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        if groups is None:
-            target = max(1, programs_per_sm * sm_count(x.device) // n_cblocks) if x.is_cuda else 2
-            chunks = max(1, min(triton.cdiv(s, block_n), target))
-            tiles_per_prog = triton.cdiv(triton.cdiv(s, chunks), block_n)
-            chunks = triton.cdiv(s, tiles_per_prog * block_n)
-            parts = torch.empty((3, chunks, c), dtype=torch.float32, device=x.device)
-            _column_stats_kernel[(n_cblocks, chunks)](
-                x, rows if rows is not None else dummy, valid_u8 if valid_u8 is not None else dummy,
-                parts[0], parts[1], parts[2], nonfinite, s, c, x.stride(0), tiles_per_prog, **flags)
-            # the chunks' partials added by torch in a fixed order: the same input gives the same bits
-            mx, sq, ab = parts[0].amax(0, keepdim=True), parts[1].sum(0, keepdim=True), parts[2].sum(0, keepdim=True)
-        else:
-            # each group's first row in the sorted ids (searchsorted: no host sync, unlike bincount on CUDA)
-            bounds = torch.arange(n_groups + 1, device=x.device, dtype=groups.dtype)
-            offsets = torch.searchsorted(groups.reshape(-1).contiguous(), bounds).to(torch.int32)
-            mx = torch.empty((n_groups, c), dtype=torch.float32, device=x.device)
-            sq, ab = torch.empty_like(mx), torch.empty_like(mx)
-            _column_stats_grouped_kernel[(n_cblocks, n_groups)](
-                x, rows if rows is not None else dummy, offsets, valid_u8 if valid_u8 is not None else dummy,
-                mx, sq, ab, nonfinite, c, x.stride(0), **flags)
-    return mx, sq, ab, nonfinite.long()
+        _column_stats_kernel[(n_cblocks, n_prog)](
+            x, rows if rows is not None else dummy, offsets, valid_u8 if valid_u8 is not None else dummy,
+            out[0], out[1], out[2], nonfinite, s, c, x.stride(0), rows_per_prog, **flags)
+    if groups is None:  # the chunks' partials added in a fixed order: the same input gives the same bits
+        return out[0].amax(0, keepdim=True), out[1].sum(0, keepdim=True), out[2].sum(0, keepdim=True), nonfinite.long()
+    return out[0], out[1], out[2], nonfinite.long()
