@@ -1,5 +1,5 @@
 # maxact: maximum activations of open LLM checkpoints, as a cached, resumable DAG.
-# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> calibration, top5, int8_check -> aggregate/supplementary -> render.
+# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> calibration, top5, int8_check, extremes -> aggregate/supplementary -> render.
 
 from snakemake.utils import min_version
 
@@ -20,6 +20,7 @@ include: "rules/int8.smk"
 include: "rules/probes.smk"
 include: "rules/aggregate.smk"
 include: "rules/supplementary.smk"
+include: "rules/extremes.smk"
 include: "rules/render.smk"
 
 

@@ -53,7 +53,7 @@ def all_targets():
     where the report is still there (Snakemake does not revisit a finished job's inputs otherwise)."""
     calibration = expand(calibration_files(), ckpt=CHECKPOINTS) if EXPORTS else []
     return (report_targets(config) + measured_results() + per_sample_tables() + calibration_results() + calibration
-            + int8_results() + probe_results())
+            + int8_results() + probe_results() + extremes_results())
 
 
 def group_prepared(wildcards):
@@ -139,6 +139,13 @@ def calibration_results(wildcards=None):
 
 def measured_results(wildcards=None):
     return expand(f"{RESULTS}/measure/{{ckpt}}/activation_stats.json", ckpt=CHECKPOINTS)
+
+
+def extremes_results(wildcards=None):
+    """The extreme-value estimates the study asks for (none when extremes.enabled is false)."""
+    if not config["extremes"]["enabled"]:
+        return []
+    return expand(f"{RESULTS}/extremes/{{ckpt}}/extremes.json", ckpt=CHECKPOINTS)
 
 
 def int8_results(wildcards=None):

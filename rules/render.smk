@@ -15,6 +15,7 @@ rule render:
         bootstrap=rules.supplementary.output.bootstrap,
         saturation=rules.supplementary.output.saturation,
         verdicts=rules.supplementary.output.verdicts,
+        extremes=extremes_results,
         template=f"{workflow.basedir}/reports/templates/report.html.j2",
     output:
         # The report folder holds everything it links (files/: result and calibration files), links relative.

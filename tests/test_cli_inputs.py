@@ -169,7 +169,7 @@ def test_a_run_failure_exits_1_and_an_interrupt_130(tmp_path, model_dir, texts, 
     assert not (tmp_path / "o" / "activation_stats.json").exists()
 
 
-@pytest.mark.parametrize("command", ["measure", "merge", "aggregate", "card"])
+@pytest.mark.parametrize("command", ["measure", "merge", "extremes", "aggregate", "card"])
 def test_help_shows_every_options_default_and_help(command):
     r = maxact(command, "--help")
     assert r.returncode == 0

@@ -1,5 +1,6 @@
 """Command line: ``maxact measure`` (one checkpoint, same code as the measure rule; ``--shard K/N`` for a slice of it),
-``maxact merge`` (shards into the whole), ``maxact aggregate``, ``maxact card``.
+``maxact merge`` (shards into the whole), ``maxact extremes`` (what a larger corpus would find), ``maxact aggregate``,
+``maxact card``.
 
 Exit codes (one rule, in the README): 0 success; 2 a usage, config or input error (the message names the option or
 file and the fix; nothing was computed or changed); 1 the run started and failed; 130 interrupted.
@@ -189,6 +190,53 @@ def _exports(value: str | None) -> list[str]:
     return names
 
 
+def cmd_extremes(a) -> int:
+    from maxact.io import write_json
+    from maxact.stages.extremes import extremes_of_table
+
+    sizes = _sizes(a.sizes)
+    doc = extremes_of_table(a.per_sample, sizes, a.method, kind=a.kind, first=a.first, tail_fraction=a.tail_fraction,
+                            min_exceedances=a.min_exceedances, atom_share=a.atom_share)
+    if a.json:
+        write_json(a.json, doc)
+    print(f"{doc['n_samples']} samples, observed max {doc['observed_max']:.6g}; structural peak "
+          f"{doc['structural_peak'] if doc['structural_peak'] is not None else 'none'} "
+          f"({100 * doc['structural_share']:.1f}% of samples)")
+    sh = doc["shape"]
+    print(f"shape xi {sh['estimate']:.3f} [{_fmt(sh['lower'])}, {_fmt(sh['upper'])}] (90%); endpoint "
+          + (f"{doc['endpoint']['estimate']:.6g} [{_fmt(doc['endpoint']['lower'])}, {_fmt(doc['endpoint']['upper'])}]"
+             if doc["endpoint"] else "none (xi >= 0: no finite upper bound)"))
+    for r in doc["return_levels"]:
+        print(f"  median max over {r['n_samples']:>12,} samples: {r['estimate']:.6g} "
+              f"[{_fmt(r['lower'])}, {_fmt(r['upper'])}]")
+    print(f"goodness of fit: KS D = {doc['gof']['ks_d']:.4f} (n = {doc['gof']['n']}); method: {doc['method']}")
+    return EXIT_OK
+
+
+def _fmt(v) -> str:
+    return "open" if v is None else f"{v:.6g}"
+
+
+def _sizes(text: str) -> list[int]:
+    from maxact import schema
+
+    out = []
+    for part in str(text).split(","):
+        part = part.strip().replace("_", "")
+        try:
+            v = int(float(part)) if part and float(part).is_integer() else None
+        except ValueError:
+            v = None
+        if v is None:
+            raise InputError(f"--sizes must be comma-separated whole numbers of samples, e.g. 20000,100000,1000000 "
+                             f"(got {text!r})")
+        lo, hi = schema.prop("extremes", "sizes")["items"]["minimum"], schema.prop("extremes", "sizes")["items"]["maximum"]
+        if not lo <= v <= hi:
+            raise InputError(f"--sizes: each size must be an integer from {lo} to {hi} (got {v})")
+        out.append(v)
+    return out
+
+
 def cmd_card(a) -> int:
     from maxact.report.card import write_card
 
@@ -229,6 +277,26 @@ def _number(section: str | None, key: str, option: str, schema_file=None):
             raise argparse.ArgumentTypeError(str(e).removeprefix(f"{option} ")) from None
 
     parse.__name__ = "integer"
+    return parse
+
+
+def _real(section: str, key: str, option: str):
+    """An argparse type: a number within the schema's range for ``section.key``, named as ``option`` when refused."""
+    from maxact import schema
+
+    def parse(text: str):
+        try:
+            value = float(text)
+        except ValueError:
+            lo, hi, excl = schema.bounds(section, key)
+            raise argparse.ArgumentTypeError(f"must be {schema.describe_range(lo, hi, excl, integer=False)} "
+                                             f"(got {text!r})") from None
+        try:
+            return schema.check_number(value, section, key, name=option)
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{option} ")) from None
+
+    parse.__name__ = "number"
     return parse
 
 
@@ -329,6 +397,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scales for experts no token reached (the shards' own setting when not given)")
     mg.set_defaults(func=cmd_merge)
     _verbose(mg)
+
+    ex_defaults = schema.defaults("extremes")
+    e = sub.add_parser("extremes", help="extreme-value estimate of the maximum a larger corpus would find",
+                       formatter_class=_Help,
+                       description="Fit the per-sample maxima of a measured result (each sample a block; a structural "
+                                   "peak shared by many samples taken out as a point mass) and print, for each corpus "
+                                   "size N, the median of the maximum over N samples with its 90%% profile-likelihood "
+                                   "interval, the shape, the upper endpoint and a goodness of fit.")
+    e.add_argument("per_sample", metavar="PER_SAMPLE_EXTREMES.parquet",
+                   help="the per_sample_extremes.parquet of a measured result folder")
+    e.add_argument("--sizes", default=",".join(str(v) for v in ex_defaults["sizes"]),
+                   help="corpus sizes N to predict (comma-separated)")
+    e.add_argument("--json", metavar="OUT", help="write the whole result as JSON to OUT")
+    e.add_argument("--method", default=ex_defaults["method"], choices=["auto", "gpd", "gev"],
+                   help="gpd: peaks over a threshold (generalized Pareto, the tail only); gev: generalized extreme value "
+                        "fitted to every per-sample maximum; auto: gpd where the tail holds min-exceedances samples, "
+                        "else gev")
+    e.add_argument("--kind", default="global", choices=["global", "residual", "attention", "mlp", "gate", "final_norm"],
+                   help="which points' maxima: those of the global max, or one component kind")
+    e.add_argument("--first", type=_number("extremes", "min_exceedances", "--first"),
+                   help="fit only the first N samples of the table (to predict the rest)")
+    e.add_argument("--tail-fraction", type=_real("extremes", "tail_fraction", "--tail-fraction"),
+                   default=ex_defaults["tail_fraction"], help="gpd: the share of the per-sample maxima fitted as the tail")
+    e.add_argument("--min-exceedances", type=_number("extremes", "min_exceedances", "--min-exceedances"),
+                   default=ex_defaults["min_exceedances"], help="gpd: the fewest per-sample maxima fitted as the tail")
+    e.add_argument("--atom-share", type=_real("extremes", "atom_share", "--atom-share"),
+                   default=ex_defaults["atom_share"],
+                   help="share of samples at one exact value from which it is a structural peak")
+    e.set_defaults(func=cmd_extremes)
+    _verbose(e)
 
     c = sub.add_parser("card", help="write an activation card (Markdown + JSON) for one measured result folder",
                        formatter_class=_Help)

@@ -101,3 +101,30 @@ def test_saturation_and_plateau():
     v = plateau_verdict(s2)
     assert s2["q05"].iloc[-2] < 50.0
     assert v["half_corpus_ratio"] <= 1.0
+
+
+def test_saturation_per_kind_and_where_it_reached():
+    import numpy as np
+    import pandas as pd
+
+    from maxact.study.analysis import SATURATION_KINDS, per_sample_kind_max, saturation, saturation_reach
+
+    ps = pd.DataFrame({"sample_id": ["a", "b", "c", "d"],
+                       "layer_0_hidden:max": [1.0, 4.0, 2.0, 3.0], "layer_0_hidden:min": [-5.0, 0.0, 0.0, 0.0],
+                       "layer_0_attn_output:max": [0.5, 0.1, 7.0, 0.2], "layer_0_attn_output:min": [0.0] * 4,
+                       "layer_0_mlp_gate:max": [9.0, 1.0, 1.0, 1.0], "layer_0_mlp_gate:min": [0.0] * 4})
+    assert per_sample_kind_max(ps, SATURATION_KINDS["residual"]).tolist() == [5.0, 4.0, 2.0, 3.0]  # |min| counts
+    assert per_sample_kind_max(ps, SATURATION_KINDS["attention"]).tolist() == [0.5, 0.1, 7.0, 0.2]
+    assert per_sample_kind_max(ps, SATURATION_KINDS["gate"]).tolist() == [9.0, 1.0, 1.0, 1.0]
+    assert per_sample_kind_max(ps, SATURATION_KINDS["global"]).tolist() == [5.0, 4.0, 7.0, 3.0]  # gates excluded
+    assert np.isnan(per_sample_kind_max(ps, SATURATION_KINDS["final_norm"])).all()
+    # a hand-made curve: 95% of 10 first reached at n=40, 99% at n=80, last rise at 80
+    sat = pd.DataFrame({"n_samples": [10, 20, 40, 80, 100], "median_max": [5.0, 9.0, 9.6, 9.95, 9.95],
+                        "q05": 0.0, "q95": 0.0, "full_max": 10.0})
+    m = np.array([1.0, 3.0, 2.0, 10.0, 4.0, np.nan])
+    r = saturation_reach(sat, m)
+    assert (r["n_95"], r["n_99"], r["last_rise_n"], r["last_record_position"]) == (40, 80, 80, 4)
+    # the exact curve's last point is the full maximum
+    cats = np.array(["x", "y"] * 50)
+    vals = np.arange(100, dtype=float)
+    assert saturation(vals, cats, n_points=5, draws=20, start=10)["median_max"].iloc[-1] == 99.0

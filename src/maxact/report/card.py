@@ -55,8 +55,32 @@ def verdict(sqnr_db: float | None) -> str:
     return next(v for t, v in VERDICTS if sqnr_db >= t)
 
 
-def build_card(result: dict, int8: dict | None, calibration: dict | None = None) -> dict:
-    """The card's facts; ``calibration``: the checkpoint's calibration manifest with its folder (``dir``)."""
+def corpus_verdict(doc: dict | None) -> str:
+    """One line: is the corpus enough? From an extremes document (the median maximum over the largest size asked,
+    with its 90% interval, against the measured maximum)."""
+    if not doc:
+        return "no extreme-value estimate"
+    if doc.get("status") == "not_fitted":
+        return f"not estimated: {doc.get('reason')}"
+    rls = doc.get("return_levels") or []
+    if not rls:
+        return "no extreme-value estimate"
+    r, obs = rls[-1], doc["observed_max"]
+    n = f"{r['n_samples']:,}"
+    lo = "open" if r.get("lower") is None else f"{r['lower']:.4g}"
+    hi = "open" if r.get("upper") is None else f"{r['upper']:.4g}"
+    est = f"{r['estimate']:.4g} (90% interval {lo} to {hi}; measured {obs:.4g})"
+    if r.get("upper") is None:
+        return f"not enough: the tail is not bounded by the data; {n} samples: median max {est}"
+    up = r["upper"] / obs - 1
+    if up <= 0.05:
+        return f"enough: {n} samples would raise the maximum by at most {100 * up:+.1f}% at the 90% upper bound; median max {est}"
+    return f"not enough: {n} samples would likely find more; median max {est}, up to {100 * up:+.0f}%"
+
+
+def build_card(result: dict, int8: dict | None, calibration: dict | None = None, extremes: dict | None = None) -> dict:
+    """The card's facts; ``calibration``: the checkpoint's calibration manifest with its folder (``dir``);
+    ``extremes``: the checkpoint's extreme-value estimate (the extremes rule's document)."""
     split: dict[str, dict] = {}
     for comp, st in result["per_layer_stats"].items():
         if st.get("max") is None:
@@ -88,6 +112,12 @@ def build_card(result: dict, int8: dict | None, calibration: dict | None = None)
         "weights_note": prov.get("weights_note"),
         "libraries": (prov.get("environment") or {}).get("libraries"),
     }
+    if extremes is not None:
+        card["extremes"] = {"verdict": corpus_verdict(extremes), "status": extremes.get("status", "fitted"),
+                            "observed_max": extremes.get("observed_max"), "n_samples": extremes.get("n_samples"),
+                            "headroom": extremes.get("headroom") or [],
+                            "return_levels": extremes.get("return_levels") or [],
+                            "structural_share": extremes.get("structural_share"), "method": extremes.get("method")}
     if calibration is not None:
         card["calibration"] = {"dir": calibration.get("dir"), "files": calibration.get("files", []),
                                "uncovered": calibration.get("uncovered", []), "filled": calibration.get("filled", {}),
@@ -118,6 +148,16 @@ def card_markdown(card: dict) -> str:
             sq = "n/a" if v["sqnr_db"] is None else f"{v['sqnr_db']:.2f}"
             cr = "n/a" if v["clip_rate"] is None else f"{v['clip_rate']:.2e}"
             lines.append(f"| {pol} | {sq} | {cr} | {v['verdict']} |")
+    ex = card.get("extremes")
+    if ex:
+        lines += ["", f"**Is the corpus enough?** {ex['verdict']}"]
+        if ex.get("headroom"):
+            lines += ["", f"Headroom a static scale needs over the measured max {ex['observed_max']:.6g} "
+                          f"({ex['n_samples']} samples) for N samples of traffic (median of the maximum over N; 90% upper bound):",
+                      "", "| N samples | median max / measured | 90% upper / measured |", "|---|---|---|"]
+            for h in ex["headroom"]:
+                up = "open" if h["upper_ratio"] is None else f"{h['upper_ratio']:.3f}x"
+                lines.append(f"| {h['n_samples']:,} | {h['estimate_ratio']:.3f}x | {up} |")
     cal = card.get("calibration")
     if cal:
         base = cal.get("dir") or "."
@@ -154,7 +194,11 @@ def write_card(result_dir, out_dir=None) -> list[str]:
         if cand.exists():  # links relative to the card's own folder, so they work wherever the pair is moved
             manifest = {**read_json(cand), "dir": Path(os.path.relpath(cand.parent.resolve(), out.resolve())).as_posix()}
             break
-    card = build_card(result, int8, manifest)
+    extremes = None
+    cand = result_dir.parent.parent / "extremes" / result_dir.name / "extremes.json"
+    if cand.exists():
+        extremes = read_json(cand)
+    card = build_card(result, int8, manifest, extremes)
     name = card["checkpoint"] or result_dir.name
     md, js = out / f"{name}.activation_card.md", out / f"{name}.activation_card.json"
     atomic_write_text(md, card_markdown(card))

@@ -170,6 +170,8 @@ def int8_vs_peak(int8: pd.DataFrame, out_dir: Path) -> list[str]:
 
 def saturation_curves(sat: pd.DataFrame, out_dir: Path) -> list[str]:
     """Global max against corpus size (median of category-proportional subsets, 5-95% band)."""
+    if "kind" in sat:
+        sat = sat[sat["kind"] == "global"]
     _style()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, g in sat.groupby("checkpoint"):
@@ -183,6 +185,58 @@ def saturation_curves(sat: pd.DataFrame, out_dir: Path) -> list[str]:
     ax.set_title("Saturation: does the maximum plateau with corpus size?")
     ax.legend(fontsize=8)
     return _save(fig, out_dir, "saturation")
+
+
+def saturation_by_kind(sat: pd.DataFrame, out_dir: Path) -> list[str]:
+    """Per checkpoint, the saturation curve of each component kind relative to its own final value."""
+    sat = sat[sat["kind"] != "global"] if "kind" in sat else sat.iloc[0:0]
+    names = sorted(sat["checkpoint"].unique())
+    if not names:
+        return []
+    _style()
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        for kind, g in sat[sat["checkpoint"] == name].groupby("kind", sort=True):
+            full = g["full_max"].iloc[-1]
+            line, = ax.plot(g["n_samples"], g["median_max"] / full, marker="o", ms=3, label=kind)
+            ax.fill_between(g["n_samples"], g["q05"] / full, g["q95"] / full, color=line.get_color(), alpha=0.15)
+        ax.axhline(1.0, color="#444", ls=":", lw=1)
+        ax.axhline(0.95, color="#999", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("samples in the subset (log scale)")
+    axes.flat[0].set_ylabel("median max / final max")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Saturation per component kind (dashed: 95% of the final value)")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(fig, out_dir, "saturation_by_kind")
+
+
+def extremes_curve(sat: pd.DataFrame, doc: dict, name: str, out_dir: Path) -> list[str]:
+    """One checkpoint: the observed saturation curve of the global max and the extreme-value estimate of the median
+    maximum over N samples, with its 90% interval, extended to the largest N asked."""
+    _style()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    g = sat[(sat["checkpoint"] == name) & (sat["kind"] == "global")] if "kind" in sat else sat[sat["checkpoint"] == name]
+    if len(g):
+        line, = ax.plot(g["n_samples"], g["median_max"], marker="o", ms=3, label="observed (median over subsets)")
+        ax.fill_between(g["n_samples"], g["q05"], g["q95"], color=line.get_color(), alpha=0.2, label="5-95% of subsets")
+    curve = doc.get("curve") or doc.get("return_levels") or []
+    if curve:
+        n = [r["n_samples"] for r in curve]
+        ax.plot(n, [r["estimate"] for r in curve], color="#c0392b", marker="s", ms=3, label="estimate: median max over N")
+        lo = [r["lower"] if r["lower"] is not None else np.nan for r in curve]
+        hi = [r["upper"] if r["upper"] is not None else np.nan for r in curve]
+        ax.fill_between(n, lo, hi, color="#c0392b", alpha=0.15, label="90% interval")
+    if doc.get("endpoint"):
+        ax.axhline(doc["endpoint"]["estimate"], color="#7f8c8d", ls="--", lw=1, label="upper endpoint")
+    ax.axhline(doc["observed_max"], color="#333", ls=":", lw=1, label="measured max")
+    ax.set_xscale("log")
+    ax.set_xlabel("samples (log scale)")
+    ax.set_ylabel("max |activation|")
+    ax.set_title(f"{name}: what a larger corpus would find")
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir, f"extremes_{name}")
 
 
 def bootstrap_stability(boot: pd.DataFrame, out_dir: Path) -> list[str]:

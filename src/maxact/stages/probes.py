@@ -5,7 +5,7 @@ from __future__ import annotations
 from maxact import provenance
 from maxact.measurement.batching import make_batches, run_batches
 from maxact.measurement.hooks import Measurement
-from maxact.measurement.probes import make_probes, probe_summary
+from maxact.measurement.probes import make_probes, peak_tokens, probe_summary
 from maxact.measurement.settings import MeasureSettings
 from maxact.measurement.summary import assemble_result
 from maxact.models.checkpoints import load_tokenizer
@@ -22,7 +22,7 @@ def probe_checkpoint(prepared: dict, corpus_result: dict, settings: MeasureSetti
     loaded = load(prepared, s)
     model, device, dtype = loaded.model, loaded.device, loaded.dtype
     tok = load_tokenizer(prepared)
-    sets = make_probes(tok, min(max_len, ctx), longest, seed=seed)
+    sets = make_probes(tok, min(max_len, ctx), longest, seed=seed, peak_token_ids=peak_tokens(corpus_result))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     per_set = {}
     for name, seqs in sets.items():

@@ -18,7 +18,7 @@ import pandas as pd
 
 from maxact.io import atomic_write_text, link_or_copy, mirror_tree, read_json, write_json
 from maxact.report import plotting
-from maxact.report.card import build_card, card_markdown, revision_text, weights_text
+from maxact.report.card import build_card, card_markdown, corpus_verdict, revision_text, weights_text
 from maxact.report.claims_markdown import claims_markdown
 from maxact.report.html import render_report, write_table
 from maxact.study.claims import lineage
@@ -33,6 +33,19 @@ TOP5_NOTE = ("From each checkpoint's top values in the paper's form (<model>_top
              "the largest 100 of them): saturated = all of them equal (a repeated structural peak); concentration = the top "
              "value over their mean; sign = all positive, all negative or mixed; decay5_over_1 = the fifth over the first; "
              "hot points = points whose own largest value is within 90% of the top.")
+def _largest_estimate(doc: dict | None) -> float | None:
+    """The extreme-value estimate of the median maximum over the largest N asked, where the checkpoint has one."""
+    rls = (doc or {}).get("return_levels") or []
+    return rls[-1]["estimate"] if rls else None
+
+
+EXTREMES_NOTE = ("Each sample is a block: its maximum |a| over the points of the global max is one observation. A value "
+                 "shared exactly by many samples (a structural peak, often the first token's massive activation) is taken "
+                 "out as a point mass; the rest is fitted by a generalized Pareto tail above a threshold (or a generalized "
+                 "extreme-value distribution where the corpus is too small for a tail), with scipy. 'est. max over N' is "
+                 "the median of the maximum over N samples: a corpus of N samples exceeds it with probability 1/2. "
+                 "Intervals: profile likelihood, 90%. Quarters: each random quarter of the corpus, fitted alone, predicts "
+                 "the whole; the count says how often the measured maximum fell inside its 90% interval.")
 BOOTSTRAP_NOTE = ("The paper's experiment A, exact from per-sample maxima: category-proportional subsets drawn as the paper "
                   "draws them (make_bootstrap_datasets.py: seed 20260502 + 100 size + repeat), the global max of each "
                   "repeat r0..r4. The paper's 'CV%' is the spread (max - min) / mean of the repeats (it reproduces every "
@@ -236,6 +249,21 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
     if len(boot):
         fig(plotting.bootstrap_stability(boot, fig_dir), "Bootstrap: subset maxima relative to the full-corpus maximum "
             "(mean and range over seeds).")
+    if len(sat) and "kind" in sat and (sat["kind"] != "global").any():
+        fig(plotting.saturation_by_kind(sat, fig_dir), "Saturation per component kind (residual stream, attention, "
+            "MLP/MoE, gate, final norm): median max over category-proportional subsets relative to its final value; "
+            "dashed: 95%.")
+    extremes = {}
+    for p in _as_list(inputs.get("extremes") or []):
+        d = read_json(p)
+        name = (d.get("provenance") or {}).get("checkpoint") or Path(p).parent.name
+        extremes[Path(p).parent.name if Path(p).parent.name else name] = d
+    for name, d in sorted(extremes.items()):
+        if d.get("status") == "fitted":
+            fig(plotting.extremes_curve(sat, d, name, fig_dir),
+                f"{name}: observed saturation of the global max and the extreme-value estimate of the median maximum "
+                f"over N samples (90% profile-likelihood band) to {max(r['n_samples'] for r in d['return_levels']):,} "
+                f"samples. {corpus_verdict(d)}.")
 
     tables = []
     g = gt.copy()
@@ -272,7 +300,7 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         cal = calibration.get(s["checkpoint"])
         if cal is not None:  # the card links the copies in the report folder, relative to the card
             cal = {**cal, "dir": Path(os.path.relpath(files_dir / s["checkpoint"] / "calibration", card_dir)).as_posix()}
-        card = build_card(s, int8, cal)
+        card = build_card(s, int8, cal, extremes.get(s["checkpoint"]))
         md_path = card_dir / f"{s['checkpoint']}.activation_card.md"
         atomic_write_text(md_path, card_markdown(card))
         write_json(md_path.with_name(f"{s['checkpoint']}.activation_card.json"), card)
@@ -284,16 +312,56 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         tables.append(write_table(b, tab_dir, "bootstrap", "Bootstrap experiment A: the global max over subsets of the corpus",
                                   note=BOOTSTRAP_NOTE))
     if verdicts:
-        vt = pd.DataFrame([{"checkpoint": k, **{kk: vv for kk, vv in v.items() if kk != "bootstrap_sizes"}} for k, v in verdicts.items()])
+        vt = pd.DataFrame([{"checkpoint": k, **{kk: vv for kk, vv in v.items() if kk not in ("bootstrap_sizes", "reach")}}
+                           for k, v in verdicts.items()])
         tables.append(write_table(vt, tab_dir, "saturation_verdict", "Has the global max plateaued? (median over half the corpus within 5% of the full maximum)"))
+        reach = [{"checkpoint": k, "kind": kind, "final max": r["final"], "reached 95% at": r["n_95"],
+                  "reached 99% at": r["n_99"], "last rise at": r["last_rise_n"],
+                  "last new record at sample": r["last_record_position"]}
+                 for k, v in verdicts.items() for kind, r in (v.get("reach") or {}).items()]
+        if reach:
+            tables.append(write_table(pd.DataFrame(reach), tab_dir, "saturation_reach",
+                                      "Where each saturation curve reached 95% and 99% of its final value (subset size), "
+                                      "the last subset size at which its median still rose, and the last sample (corpus "
+                                      "order) that set a new maximum"))
+    if extremes:
+        rows = []
+        for name, d in sorted(extremes.items()):
+            rl = {r["n_samples"]: r for r in d.get("return_levels") or []}
+
+            def cell(n):
+                r = rl.get(n)
+                if not r:
+                    return "n/a"
+                lo = "open" if r["lower"] is None else f"{r['lower']:.4g}"
+                hi = "open" if r["upper"] is None else f"{r['upper']:.4g}"
+                return f"{r['estimate']:.4g} [{lo}, {hi}]"
+            big = sorted(rl)
+            ep = d.get("endpoint")
+            val = d.get("validation") or {}
+            rows.append({"checkpoint": name, "samples": d.get("n_samples"), "measured max": d.get("observed_max"),
+                         "structural share": d.get("structural_share"),
+                         "est. max over 20k": cell(20000) if 20000 in rl else (cell(big[0]) if big else "n/a"),
+                         f"est. max over {big[-1]:,}" if big else "est. max": cell(big[-1]) if big else "n/a",
+                         "endpoint": "none (unbounded)" if ep is None else
+                         f"{ep['estimate']:.4g} [{'open' if ep['lower'] is None else format(ep['lower'], '.4g')}, "
+                         f"{'open' if ep['upper'] is None else format(ep['upper'], '.4g')}]",
+                         "quarters predicting the whole": f"{val.get('inside')}/{val.get('of')}" if val else "n/a",
+                         "verdict": corpus_verdict(d)})
+        tables.append(write_table(pd.DataFrame(rows), tab_dir, "corpus_enough",
+                                  "Is the corpus enough? Measured max and the extreme-value estimate of the median maximum "
+                                  "over N samples [90% profile-likelihood interval]", note=EXTREMES_NOTE))
     probe_rows = []
     for p in probe_paths.values():
         pr = read_json(p)
         if "sets" not in pr:
             continue
         for set_name, v in pr["sets"].items():
+            est = _largest_estimate(extremes.get(pr["checkpoint"]))
             probe_rows.append({"checkpoint": pr["checkpoint"], "probe_set": set_name, "probe_max": v["global_max"],
                                "corpus_max": pr["corpus_global_max"], "ratio_to_corpus": v["ratio_to_corpus"],
+                               "estimate_largest_N": est,
+                               "ratio_to_estimate": (abs(v["global_max"]) / est) if (est and v["global_max"] is not None) else None,
                                "location": v["location"], "peak_token": repr(v["peak_token"])})
     if probe_rows:
         verdict_text = {read_json(p)["checkpoint"]: read_json(p).get("verdict") for p in probe_paths.values()}

@@ -32,9 +32,47 @@ def is_global_point(name: str) -> bool:
 
 def per_sample_global_max(per_sample: pd.DataFrame) -> pd.Series:
     """Per sample: max |a| over the points that count for the global maximum."""
-    cols = [c for c in per_sample.columns if c != "sample_id" and is_global_point(c.rsplit(":", 1)[0])]
+    return per_sample_kind_max(per_sample, GLOBAL_KINDS)
+
+
+#: Component kinds of the saturation curves: the global max's points, then each component kind on its own.
+SATURATION_KINDS = {
+    "global": GLOBAL_KINDS,
+    "residual": frozenset({"hidden"}),
+    "attention": frozenset({"attn"}),
+    "mlp": frozenset({"mlp"}),
+    "gate": frozenset({"mlp_gate", "moe_gate"}),
+    "final_norm": frozenset({"final_norm"}),
+}
+
+
+def per_sample_kind_max(per_sample: pd.DataFrame, kinds) -> pd.Series:
+    """Per sample: max |a| over the points of the given component kinds (NaN where a sample has none finite,
+    or the checkpoint has no such point)."""
+    cols = [c for c in per_sample.columns if c != "sample_id" and parse_component(c.rsplit(":", 1)[0])[0] in kinds]
+    if not cols:
+        return pd.Series(np.full(len(per_sample), np.nan), index=per_sample["sample_id"], name="max_abs")
     vals = per_sample[cols].abs().replace(np.inf, np.nan)
     return pd.Series(vals.max(axis=1).to_numpy(), index=per_sample["sample_id"], name="max_abs")
+
+
+def saturation_reach(sat: pd.DataFrame, m: np.ndarray) -> dict:
+    """Where a saturation curve reached 95% and 99% of its final value (the smallest subset size whose median max
+    does), the last subset size at which the median still rose, and the last corpus position (1-based, corpus order)
+    at which the running maximum set a new record."""
+    full = float(sat["full_max"].iloc[-1])
+    out = {"final": full}
+    for frac in (0.95, 0.99):
+        hit = sat[sat["median_max"] >= frac * full]
+        out[f"n_{int(round(frac * 100))}"] = int(hit["n_samples"].iloc[0]) if len(hit) else None
+    med = sat["median_max"].to_numpy()
+    rises = [int(sat["n_samples"].iloc[i]) for i in range(1, len(med)) if med[i] > med[i - 1]]
+    out["last_rise_n"] = rises[-1] if rises else None
+    finite = np.where(np.isfinite(m), m, -np.inf)
+    running = np.maximum.accumulate(finite) if len(finite) else finite
+    records = np.flatnonzero(np.diff(np.concatenate([[-np.inf], running])) > 0)
+    out["last_record_position"] = int(records[-1]) + 1 if len(records) else None
+    return out
 
 
 def proportional_indices(categories: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -84,8 +122,20 @@ def supplementary(per_sample: pd.DataFrame, corpus: pd.DataFrame, sizes: Sequenc
     s = saturation(m, cats, start=min(50, max(2, len(m) // 10)))
     b.insert(0, "checkpoint", name)
     b.insert(1, "source", "measured")
-    s.insert(0, "checkpoint", name)
     verdict = plateau_verdict(s)
+    # per component kind: the same subsets (same seed) over each kind's per-sample maxima
+    reach, curves = {}, [s.assign(kind="global")]
+    for kind, kinds in SATURATION_KINDS.items():
+        mk = m if kind == "global" else per_sample_kind_max(per_sample, kinds).to_numpy()
+        if not np.isfinite(mk).any():
+            continue
+        sk = s if kind == "global" else saturation(mk, cats, start=min(50, max(2, len(mk) // 10)))
+        if kind != "global":
+            curves.append(sk.assign(kind=kind))
+        reach[kind] = saturation_reach(sk, mk)
+    s = pd.concat(curves, ignore_index=True)
+    s.insert(0, "checkpoint", name)
+    verdict["reach"] = reach
     verdict["bootstrap_sizes"] = {"requested": drawn["sizes"], "used": drawn["drawn"], "note": drawn["note"]}
     return b, s, verdict
 

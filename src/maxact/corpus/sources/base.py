@@ -1,6 +1,7 @@
 """Shared types and helpers for the source modules."""
 from __future__ import annotations
 
+import contextvars
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +29,38 @@ class Source:
     packages: tuple  # (kind, name) pairs: ("deb", pkg) | ("wheel", name) | ("local", name)
     fn: Callable  # fn(fetcher, seed) -> Iterable[Doc]
     description: str = ""
+    # corpus editions that draw on this source: the shipped 5,000 ("default") keep their sources so that a
+    # rebuild stays byte-identical; sources added later serve only the 15,000 samples of "extended"
+    editions: tuple = ("default", "extended")
+
+
+EDITIONS = ("default", "extended")
+
+# How many more files a source reads when building the extended edition (three times the samples to find
+# among files the default 5,000 already drew on). 1 for the default edition, whose bytes must not change.
+_SCALE = contextvars.ContextVar("maxact_corpus_scale", default=1)
+
+
+def scaled(k: int) -> int:
+    """A source's per-package file budget ``k`` for the edition being built."""
+    return int(k) * _SCALE.get()
+
+
+def set_scale(factor: int):
+    """Set the budget factor for the current build; returns the token for ``reset_scale``."""
+    return _SCALE.set(int(factor))
+
+
+def reset_scale(token) -> None:
+    _SCALE.reset(token)
 
 
 REGISTRY: dict[str, Source] = {}
 
 
-def source(name: str, category: str, packages, description: str = ""):
+def source(name: str, category: str, packages, description: str = "", editions=EDITIONS):
     def deco(fn):
-        REGISTRY[name] = Source(name, category, tuple(packages), fn, description)
+        REGISTRY[name] = Source(name, category, tuple(packages), fn, description, tuple(editions))
         return fn
     return deco
 

