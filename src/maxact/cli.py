@@ -417,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kind", default="global", choices=["global", "residual", "attention", "mlp", "gate", "final_norm"],
                    help="which points' maxima: those of the global max, or one component kind")
     e.add_argument("--first", type=_number("extremes", "min_exceedances", "--first"),
-                   help="fit only the first N samples of the table (to predict the rest)")
+                   help="fit only the first N rows of the table (to predict the rest; rows are in corpus order, which is "
+                        "by sample id, so category by category)")
     e.add_argument("--tail-fraction", type=_real("extremes", "tail_fraction", "--tail-fraction"),
                    default=ex_defaults["tail_fraction"], help="gpd: the share of the per-sample maxima fitted as the tail")
     e.add_argument("--min-exceedances", type=_number("extremes", "min_exceedances", "--min-exceedances"),

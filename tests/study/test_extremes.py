@@ -212,3 +212,15 @@ def test_stage_document_quarters_and_not_fitted(tmp_path):
     small = _table(tmp_path / "small.parquet", m[:12])
     d = extremes_checkpoint(small, None, cfg)
     assert d["status"] == "not_fitted" and "at least 20" in d["reason"]
+
+
+def test_exact_repeats_are_reported_as_a_warning():
+    """Per-sample maxima that take one value per first token repeat exactly: said in the document."""
+    rng = np.random.default_rng(8)
+    values_per_token = stats.genextreme(0.1, loc=100, scale=5).rvs(size=300, random_state=rng)
+    first_tokens = rng.zipf(1.5, size=5000) % 300
+    doc = fit_extremes(values_per_token[first_tokens], [20000], intervals=False)
+    assert doc["ties"]["distinct_values"] == len(np.unique(first_tokens))
+    assert doc["ties"]["share_of_samples_repeating_a_value"] > 0.9 and "discrete input" in doc["warnings"][0]
+    cont = fit_extremes(stats.norm().rvs(size=5000, random_state=rng), [20000], intervals=False)
+    assert cont["ties"]["share_of_samples_repeating_a_value"] == 0 and cont["warnings"] == []

@@ -66,16 +66,18 @@ def corpus_verdict(doc: dict | None) -> str:
     if not rls:
         return "no extreme-value estimate"
     r, obs = rls[-1], doc["observed_max"]
+    caveat = " (values repeat exactly: see the warning)" if doc.get("warnings") else ""
     n = f"{r['n_samples']:,}"
     lo = "open" if r.get("lower") is None else f"{r['lower']:.4g}"
     hi = "open" if r.get("upper") is None else f"{r['upper']:.4g}"
     est = f"{r['estimate']:.4g} (90% interval {lo} to {hi}; measured {obs:.4g})"
     if r.get("upper") is None:
-        return f"not enough: the tail is not bounded by the data; {n} samples: median max {est}"
+        return f"not enough: the tail is not bounded by the data; {n} samples: median max {est}{caveat}"
     up = r["upper"] / obs - 1
     if up <= 0.05:
-        return f"enough: {n} samples would raise the maximum by at most {100 * up:+.1f}% at the 90% upper bound; median max {est}"
-    return f"not enough: {n} samples would likely find more; median max {est}, up to {100 * up:+.0f}%"
+        return (f"enough: {n} samples would raise the maximum by at most {100 * up:+.1f}% at the 90% upper bound; "
+                f"median max {est}{caveat}")
+    return f"not enough: {n} samples would likely find more; median max {est}, up to {100 * up:+.0f}%{caveat}"
 
 
 def build_card(result: dict, int8: dict | None, calibration: dict | None = None, extremes: dict | None = None) -> dict:

@@ -76,7 +76,8 @@ def extremes_of_table(path, sizes: Sequence[int] = DEFAULT_SIZES, method: str = 
     subset = None
     if ids is not None:
         want = [str(i) for i in ids]
-        missing = [i for i in want if i not in set(m.index.astype(str))]
+        have = set(m.index.astype(str))
+        missing = [i for i in want if i not in have]
         if missing:
             raise InputError(f"{len(missing)} sample id(s) of the subset are not in {path} (e.g. {missing[:3]})")
         m = m[m.index.astype(str).isin(set(want))]

@@ -47,8 +47,9 @@ class ExtremesError(ValueError):
 
 def structural_atom(m: np.ndarray, min_share: float = 0.05) -> tuple[float | None, int]:
     """``(value, count)`` of the most frequent exact value among the upper half of ``m`` when it holds at least
-    ``min_share`` of all samples, else ``(None, 0)``. A massive activation reaching the same value on many
-    samples is such an atom; ties from rounding (bf16 keeps 8 significant bits) rarely reach 5% of a corpus."""
+    ``min_share`` of all samples and at least five times as frequent as its neighbouring values, else ``(None, 0)``.
+    A massive activation reaching the same value on many samples is such an atom; ties from rounding (bf16 keeps 8
+    significant bits) are spread over neighbouring values alike and do not stand out."""
     m = np.asarray(m, dtype=float)
     upper = m[m >= np.median(m)]
     if upper.size == 0:
@@ -56,7 +57,11 @@ def structural_atom(m: np.ndarray, min_share: float = 0.05) -> tuple[float | Non
     vals, counts = np.unique(upper, return_counts=True)
     i = int(np.argmax(counts[::-1]))  # the largest value among equally frequent ones
     i = len(vals) - 1 - i
-    if counts[i] >= max(5, math.ceil(min_share * len(m))):
+    # rounding (bf16 keeps 8 significant bits) gives a smooth run of tied values; a structural peak stands out:
+    # at least five times as frequent as the median of its ten neighbouring values on each side
+    neighbours = np.concatenate([counts[max(0, i - 10):i], counts[i + 1:i + 11]])
+    stands_out = counts[i] >= 5 * max(1.0, float(np.median(neighbours))) if neighbours.size else True
+    if counts[i] >= max(5, math.ceil(min_share * len(m))) and stands_out:
         return float(vals[i]), int(counts[i])
     return None, 0
 
@@ -260,6 +265,13 @@ def fit_extremes(m, sizes: Sequence[int] = DEFAULT_SIZES, method: str = "gpd", *
 
     Returns the JSON document of ``maxact extremes`` (``return_levels``, ``shape``, ``endpoint``,
     ``structural_share``, ``gof``, ``method``, plus what the fit used)."""
+    # the optimisers probe parameters where the density is zero or overflows: those evaluations are inf, by design
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _fit(m, sizes, method, tail_fraction, min_exceedances, atom_share, intervals)
+
+
+def _fit(m, sizes, method, tail_fraction, min_exceedances, atom_share, intervals) -> dict:
     if method not in METHODS + ("auto",):
         raise ExtremesError(f"unknown method {method!r}; choose one of {list(METHODS) + ['auto']}")
     if not 0 < tail_fraction <= 1:
@@ -280,6 +292,19 @@ def fit_extremes(m, sizes: Sequence[int] = DEFAULT_SIZES, method: str = "gpd", *
     doc: dict = {"method": None, "n_samples": int(n), "n_not_finite": int(n_in - n), "observed_max": float(m.max()),
                  "structural_share": float(p), "structural_peak": s_atom,
                  "interval": {"level": LEVEL, "kind": "profile likelihood"}}
+    # Exact repeats: a per-sample maximum that is a function of a discrete input (a massive activation at the first
+    # token takes one value per first token) repeats exactly; then the maximum over more samples is the maximum over
+    # the first tokens they bring, and a continuous tail model can overstate it. Said, not hidden.
+    _, counts = np.unique(m, return_counts=True)
+    repeated = float(counts[counts > 1].sum() / n)
+    doc["ties"] = {"distinct_values": int(counts.size), "share_of_samples_repeating_a_value": repeated}
+    doc["warnings"] = []
+    if repeated > 0.5:
+        doc["warnings"].append(
+            f"{100 * repeated:.0f}% of the samples share their maximum exactly with another sample ({counts.size} "
+            f"distinct values in {n}): the maximum looks like a function of a discrete input (a massive activation at "
+            f"the first token takes one value per first token); a continuous tail model may overstate what more "
+            f"samples find (if the values are bf16, rounding alone makes ties)")
 
     if method == "auto":  # the tail alone where there are enough samples for it, else every sample
         method = "gpd" if rest.size > max(min_exceedances, int(math.ceil(tail_fraction * rest.size))) else "gev"
@@ -293,12 +318,12 @@ def fit_extremes(m, sizes: Sequence[int] = DEFAULT_SIZES, method: str = "gpd", *
         u = float(srt[-(k + 1)])
         y = srt[-k:] - u
         y = y[y > 0]
-        model = _Gpd(y=y, u=u, rate=y.size / n)
+        model = _Gpd(y=y, u=u, rate=y.size / rest.size)  # P(X > u) under G: the samples outside the atom
         xi, sigma = model.fit()
         hat = (xi, sigma)
         nll_hat = model.nll(xi, sigma)
         doc["method"] = (f"peaks over threshold: generalized Pareto (scipy.stats.genpareto, MLE) fitted to the {y.size} "
-                         f"largest per-sample maxima outside the structural peak (threshold {u:.6g}, exceedance rate "
+                         f"largest per-sample maxima outside the structural peak (threshold {u:.6g}, exceedance rate among them "
                          f"{model.rate:.4g}); intervals by profile likelihood")
         doc["threshold"] = u
         doc["n_exceedances"] = int(y.size)
@@ -322,12 +347,10 @@ def fit_extremes(m, sizes: Sequence[int] = DEFAULT_SIZES, method: str = "gpd", *
             return u - th[1] / th[0] if th[0] < 0 else None
 
         def endpoint_profile(e):
-            def f(v):
-                x = float(v[0])
-                if x >= 0:
-                    return np.inf
-                return model.nll(x, -(e - u) * x)
-            r = optimize.minimize_scalar(lambda x: f(np.array([x])), bounds=(-0.999, -1e-6), method="bounded")
+            # over log(-xi): a far endpoint needs xi near -sigma / (e - u), which a linear search in xi misses
+            r = optimize.minimize_scalar(lambda lv: model.nll(-math.exp(lv), (e - u) * math.exp(lv)),
+                                         bounds=(math.log(1e-9), math.log(0.999)), method="bounded",
+                                         options={"xatol": 1e-6})
             return float(r.fun)
 
         gof_x, gof_cdf = y, (lambda v: model.cdf(v, *hat))
@@ -405,7 +428,14 @@ def fit_extremes(m, sizes: Sequence[int] = DEFAULT_SIZES, method: str = "gpd", *
                 lo = max(lo, s_atom)  # the max over n samples that all but surely hit the atom is at least s
             row["lower"], row["upper"] = lo, hi
         elif at_atom:
-            row["lower"] = row["upper"] = float(s_atom)
+            # the median is the peak, but the tail's quantile may lie above it within the interval
+            row["lower"], row["upper"] = float(s_atom), float(s_atom)
+            if intervals and q > 0:
+                zc = quantile(q, hat)
+                _, hi_c = _profile_interval(lambda z: level_profile(z, q), zc, nll_hat,
+                                            scale=0.05 * sc + 1e-9 * abs(zc),
+                                            lower_bound=lower_support if np.isfinite(lower_support) else None)
+                row["upper"] = None if hi_c is None else max(float(s_atom), hi_c)
             row["note"] = "the structural peak: the tail model puts the median below it"
         rls.append(row)
     doc["return_levels"] = rls
@@ -424,6 +454,8 @@ def fit_extremes(m, sizes: Sequence[int] = DEFAULT_SIZES, method: str = "gpd", *
         if intervals:
             lo, hi = _profile_interval(endpoint_profile, e, nll_hat, scale=0.05 * sc,
                                        lower_bound=float(np.max(gof_x if method == "gev" else y + u)))
+            if shape["upper"] is None or shape["upper"] >= 0:
+                hi = None  # the shape's interval reaches 0: the data cannot rule out an unbounded tail
             ep["lower"], ep["upper"] = lo, hi  # upper None: the data cannot rule out an unbounded tail
         if s_atom is not None and e < s_atom:
             ep["note"] = "below the structural peak: the peak itself bounds the maximum"

