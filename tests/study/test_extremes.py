@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -72,6 +73,9 @@ def test_gpd_interval_covers_the_true_median_max(name, dist, p_atom, atom):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MAXACT_GEV_COVERAGE"),
+                    reason="the gev method's coverage (about 10 minutes; the default method's runs in every CI run): "
+                           "set MAXACT_GEV_COVERAGE=1 to run it")
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name,dist,p_atom,atom", SCENARIOS, ids=[s[0] for s in SCENARIOS])
 def test_gev_interval_covers_the_true_median_max(name, dist, p_atom, atom):
