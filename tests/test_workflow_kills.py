@@ -27,13 +27,16 @@ def start(workdir: Path, *args) -> tuple[subprocess.Popen, Path]:
     return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True), log
 
 
-def kill_when(proc: subprocess.Popen, log: Path, rule: str, sig: int, delay: float = 1.5, timeout: float = 600) -> str:
-    """Send ``sig`` to the whole run (Snakemake and its jobs) ``delay`` seconds after ``rule`` started."""
+def kill_when(proc: subprocess.Popen, log: Path, rule: str, sig: int, delay: float = 1.5, timeout: float = 600,
+              job_log_dir: Path | None = None) -> str:
+    """Send ``sig`` to the whole run (Snakemake and its jobs) ``delay`` seconds after ``rule`` started (and, with
+    ``job_log_dir``, after the job's own process has opened its log there: Snakemake prints a rule's header before it
+    starts the job, and a signal in between can reach no job at all when another job starts at the same moment)."""
     deadline = time.time() + timeout
-    while f"rule {rule}:" not in log.read_text():
+    while f"rule {rule}:" not in log.read_text() or (job_log_dir is not None and not any(job_log_dir.glob("*.log"))):
         assert proc.poll() is None, f"the run ended before {rule} started:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, f"{rule} did not start"
-        time.sleep(0.1)
+        time.sleep(0.05)
     time.sleep(delay)
     assert proc.poll() is None, f"the run ended before it could be killed in {rule}"
     os.killpg(proc.pid, sig)
@@ -59,8 +62,9 @@ def test_kills_at_several_points_then_a_plain_run_completes_the_study(study, tmp
     wd.mkdir()
     for rule, sig in (("measure", signal.SIGKILL), ("calibration", signal.SIGINT), ("render", signal.SIGKILL)):
         proc, log = start(wd)
-        kill_when(proc, log, rule, sig, delay=1.0 if rule != "calibration" else 0.3)
-        assert proc.returncode != 0
+        jobs = wd / "results" / "test" / "logs" / rule if rule == "calibration" else None
+        kill_when(proc, log, rule, sig, delay=1.0 if rule != "calibration" else 0.05, job_log_dir=jobs)
+        assert proc.returncode != 0, f"the run was not stopped in {rule}:\n{log.read_text()[-3000:]}"
     p = snakemake(wd)  # the plain run: a lock left by kill -9 and incomplete outputs are dealt with
     assert "removed the Snakemake lock left by a run that was killed" in p.stderr + p.stdout
     assert (wd / "results" / "test" / "reports" / "report.html").exists()
