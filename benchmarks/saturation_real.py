@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -34,15 +33,9 @@ import pandas as pd
 from maxact.corpus.records import read_corpus
 from maxact.stages.extremes import extremes_of_table
 from maxact.study.analysis import SATURATION_KINDS, per_sample_kind_max, proportional_indices, saturation, saturation_reach
-from maxact.study.extremes import fit_extremes
+from maxact.study.extremes import covers, fit_extremes
 
 KINDS = list(SATURATION_KINDS)
-
-
-def _inside(v: dict) -> bool:
-    lo = -math.inf if v["lower"] is None else v["lower"]
-    hi = math.inf if v["upper"] is None else v["upper"]
-    return lo <= v["measured"] <= hi
 
 
 def analyse(name: str, result_dir: Path, texts: pd.DataFrame, base_ids: set[str], out: Path, method: str) -> dict:
@@ -74,7 +67,7 @@ def analyse(name: str, result_dir: Path, texts: pd.DataFrame, base_ids: set[str]
         r = fit_extremes(m_fit, [n_target], meth)["return_levels"][0]
         out = {"n_fit": int(np.isfinite(m_fit).sum()), "subset_max": float(np.nanmax(m_fit)), "n_predicted": n_target,
                "predicted": r["estimate"], "lower": r["lower"], "upper": r["upper"], "measured": float(measured)}
-        out["inside"] = _inside(out)
+        out["inside"] = covers(r, measured)
         return out
 
     n_all, max_all = int(np.isfinite(g).sum()), float(np.nanmax(g))

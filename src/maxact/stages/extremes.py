@@ -10,7 +10,7 @@ maximum measured on the whole.
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,10 +20,11 @@ import pandas as pd
 from maxact import provenance
 from maxact.errors import InputError
 from maxact.io import sha256_file
-from maxact.study.analysis import SATURATION_KINDS, per_sample_kind_max
-from maxact.study.extremes import DEFAULT_SIZES, METHODS, ExtremesError, fit_extremes
+from maxact.study.analysis import SATURATION_KINDS, per_sample_kind_max, proportional_indices
+from maxact.study.extremes import DEFAULT_SIZES, METHODS, ExtremesError, covers, fit_extremes
 
-__all__ = ["read_per_sample", "extremes_of_table", "validate_prediction", "headroom"]
+__all__ = ["Table", "load_table", "read_per_sample", "extremes_of_table", "validate_prediction", "headroom",
+           "quarter_validation", "extremes_checkpoint"]
 
 
 def read_per_sample(path) -> pd.DataFrame:
@@ -58,21 +59,41 @@ def _result_info(path: Path) -> dict:
             "global_max": d.get("global_max_activation")}
 
 
+@dataclass(frozen=True)
+class Table:
+    """A per-sample extremes table read once, with its hash and the result it belongs to: every fit of one stage
+    run reads it from here, not from the file again."""
+
+    path: Path
+    df: pd.DataFrame
+    sha256: str
+    info: dict
+
+
+def load_table(path) -> Table:
+    path = Path(path)
+    return Table(path, read_per_sample(path), sha256_file(path), _result_info(path))
+
+
+def _table(source) -> Table:
+    return source if isinstance(source, Table) else load_table(source)
+
+
 def _maxima(df: pd.DataFrame, kind: str) -> pd.Series:
     if kind not in SATURATION_KINDS:
         raise InputError(f"--kind {kind!r} is unknown; choose one of {', '.join(SATURATION_KINDS)}")
     return per_sample_kind_max(df, SATURATION_KINDS[kind])
 
 
-def extremes_of_table(path, sizes: Sequence[int] = DEFAULT_SIZES, method: str = "gpd", *, kind: str = "global",
+def extremes_of_table(source, sizes: Sequence[int] = DEFAULT_SIZES, method: str = "gpd", *, kind: str = "global",
                       first: int | None = None, ids: Sequence[str] | None = None, tail_fraction: float = 0.1,
                       min_exceedances: int = 50, atom_share: float = 0.05) -> dict:
-    """The ``maxact extremes`` document for one per-sample extremes table."""
+    """The ``maxact extremes`` document for one per-sample extremes table (a path, or a :class:`Table` already read)."""
     if method not in METHODS + ("auto",):
         raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS + ('auto',))}")
-    path = Path(path)
-    df = read_per_sample(path)
-    m = _maxima(df, kind)
+    table = _table(source)
+    path = table.path
+    m = _maxima(table.df, kind)
     subset = None
     if ids is not None:
         want = [str(i) for i in ids]
@@ -92,12 +113,11 @@ def extremes_of_table(path, sizes: Sequence[int] = DEFAULT_SIZES, method: str = 
                            min_exceedances=min_exceedances, atom_share=atom_share)
     except ExtremesError as e:
         raise InputError(f"{path}: {e}") from None
-    info = _result_info(path)
     if doc["structural_peak"] is not None:
         at = m.index[m.to_numpy() == doc["structural_peak"]]
         doc["structural_samples_example"] = [str(x) for x in at[:5]]
     doc["kind"] = kind
-    doc["provenance"] = {"per_sample_extremes": str(path), "per_sample_sha256": sha256_file(path), **info,
+    doc["provenance"] = {"per_sample_extremes": str(path), "per_sample_sha256": table.sha256, **table.info,
                          "subset": subset,
                          "settings": {"sizes": [int(s) for s in sizes], "method": method, "kind": kind,
                                       "tail_fraction": tail_fraction, "min_exceedances": min_exceedances,
@@ -106,21 +126,19 @@ def extremes_of_table(path, sizes: Sequence[int] = DEFAULT_SIZES, method: str = 
     return doc
 
 
-def validate_prediction(path, fit_ids: Sequence[str] | None = None, *, first: int | None = None, method: str = "gpd",
+def validate_prediction(source, fit_ids: Sequence[str] | None = None, *, first: int | None = None, method: str = "gpd",
                         kind: str = "global", **kw) -> dict:
     """Fit a subset (``fit_ids`` or the first ``first`` samples) and predict the median maximum over the whole table;
     the measured maximum of the whole is inside the 90% interval or not."""
-    df = read_per_sample(path)
-    m_all = _maxima(df, kind)
-    n_all = int(np.isfinite(m_all.to_numpy(dtype=float)).sum())
-    doc = extremes_of_table(path, [n_all], method, kind=kind, first=first, ids=fit_ids, **kw)
+    table = _table(source)
+    m_all = _maxima(table.df, kind).to_numpy(dtype=float)
+    n_all = int(np.isfinite(m_all).sum())
+    doc = extremes_of_table(table, [n_all], method, kind=kind, first=first, ids=fit_ids, **kw)
     rl = doc["return_levels"][0]
-    measured = float(np.nanmax(m_all.to_numpy(dtype=float)))
-    lo = rl["lower"] if rl["lower"] is not None else -math.inf
-    hi = rl["upper"] if rl["upper"] is not None else math.inf
+    measured = float(np.nanmax(m_all))
     return {"n_fit": doc["n_samples"], "n_predicted": n_all, "subset_max": doc["observed_max"],
             "predicted": rl["estimate"], "lower": rl["lower"], "upper": rl["upper"], "measured": measured,
-            "inside": bool(lo <= measured <= hi), "shape": doc["shape"]["estimate"],
+            "inside": covers(rl, measured), "shape": doc["shape"]["estimate"],
             "structural_share": doc["structural_share"]}
 
 
@@ -137,13 +155,11 @@ def headroom(doc: dict) -> list[dict]:
     return out
 
 
-def quarter_validation(path, categories: pd.Series | None, n_quarters: int = 4, seed: int = 0, **kw) -> dict:
+def quarter_validation(source, categories: pd.Series | None, n_quarters: int = 4, seed: int = 0, **kw) -> dict:
     """Fit each of ``n_quarters`` random, category-proportional quarters of the corpus and predict the median maximum
     over the whole: how often the measured maximum of the whole falls inside the 90% interval."""
-    from maxact.study.analysis import proportional_indices
-
-    df = read_per_sample(path)
-    ids = df["sample_id"].astype(str).to_numpy()
+    table = _table(source)
+    ids = table.df["sample_id"].astype(str).to_numpy()
     cats = (categories.reindex(ids).fillna("unknown").astype(str).to_numpy() if categories is not None
             else np.array(["all"] * len(ids)))
     rng = np.random.default_rng(seed)
@@ -151,7 +167,7 @@ def quarter_validation(path, categories: pd.Series | None, n_quarters: int = 4, 
     for q in range(n_quarters):
         pick = proportional_indices(cats, max(1, len(ids) // 4), rng)
         try:
-            rows.append({"quarter": q, **validate_prediction(path, fit_ids=list(ids[np.sort(pick)]), **kw)})
+            rows.append({"quarter": q, **validate_prediction(table, fit_ids=list(ids[np.sort(pick)]), **kw)})
         except InputError as e:
             rows.append({"quarter": q, "error": str(e)})
     done = [r for r in rows if "inside" in r]
@@ -165,8 +181,13 @@ def extremes_checkpoint(per_sample_path, categories: pd.Series | None, cfg: dict
     per component kind, and the quarter validation; a corpus too small to fit gives ``status: not_fitted`` and why."""
     kw = {"tail_fraction": cfg["tail_fraction"], "min_exceedances": cfg["min_exceedances"],
           "atom_share": cfg["atom_share"]}
+    sizes = [int(n) for n in cfg["sizes"]]
     try:
-        doc = extremes_of_table(per_sample_path, cfg["sizes"], cfg["method"], **kw)
+        table = load_table(per_sample_path)
+        # one fit for the sizes asked and for the report's curve from the corpus size to the largest of them
+        n = int(np.isfinite(_maxima(table.df, "global").to_numpy(dtype=float)).sum())
+        grid = sorted({int(round(v)) for v in np.geomspace(max(n, 1), max(max(sizes), n + 1), 9)})
+        doc = extremes_of_table(table, sorted(set(sizes) | set(grid)), cfg["method"], **kw)
     except InputError as e:
         info = _result_info(Path(per_sample_path))
         return {"status": "not_fitted", "reason": str(e), "return_levels": [], "shape": None, "endpoint": None,
@@ -174,15 +195,16 @@ def extremes_checkpoint(per_sample_path, categories: pd.Series | None, cfg: dict
                 "provenance": {"per_sample_extremes": str(per_sample_path), **info, "settings": cfg,
                                "library_versions": provenance.library_versions(), "created": provenance.timestamp()}}
     doc["status"] = "fitted"
-    # the estimate as a curve from the corpus size to the largest size asked (the report's figure)
-    grid = sorted({int(round(v)) for v in np.geomspace(doc["n_samples"], max(max(cfg["sizes"]), doc["n_samples"] + 1), 9)})
-    doc["curve"] = extremes_of_table(per_sample_path, grid, cfg["method"], **kw)["return_levels"]
+    by_n = {r["n_samples"]: r for r in doc["return_levels"]}
+    doc["return_levels"] = [by_n[n] for n in sizes]
+    doc["curve"] = [by_n[n] for n in grid]
+    doc["provenance"]["settings"]["sizes"] = sizes
     kinds = {}
     for kind in SATURATION_KINDS:
         if kind == "global":
             continue
         try:
-            d = extremes_of_table(per_sample_path, cfg["sizes"], cfg["method"], kind=kind, **kw)
+            d = extremes_of_table(table, sizes, cfg["method"], kind=kind, **kw)
         except InputError as e:
             kinds[kind] = {"status": "not_fitted", "reason": str(e)}
             continue
@@ -190,5 +212,5 @@ def extremes_checkpoint(per_sample_path, categories: pd.Series | None, cfg: dict
                                          "model")}
     doc["kinds"] = kinds
     doc["headroom"] = headroom(doc)
-    doc["validation"] = quarter_validation(per_sample_path, categories, method=cfg["method"], **kw)
+    doc["validation"] = quarter_validation(table, categories, method=cfg["method"], **kw)
     return doc

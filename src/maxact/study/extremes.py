@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["DEFAULT_SIZES", "METHODS", "ExtremesError", "fit_extremes", "median_max_true", "structural_atom"]
+__all__ = ["DEFAULT_SIZES", "METHODS", "ExtremesError", "covers", "fit_extremes", "median_max_true", "structural_atom"]
 
 DEFAULT_SIZES = (20_000, 100_000, 1_000_000)
 METHODS = ("gpd", "gev")
@@ -467,6 +467,13 @@ def _fit(m, sizes, method, tail_fraction, min_exceedances, atom_share, intervals
                   "note": "the p-value ignores that the parameters were fitted to the same data (it is optimistic)",
                   "n": int(len(gof_x))}
     return doc
+
+
+def covers(row: dict, value: float) -> bool:
+    """Whether ``value`` lies in a return level's 90% interval (a missing end is open)."""
+    lo = -math.inf if row.get("lower") is None else row["lower"]
+    hi = math.inf if row.get("upper") is None else row["upper"]
+    return bool(lo <= value <= hi)
 
 
 # --------------------------------------------------------------------------- synthetic truth
