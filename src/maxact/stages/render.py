@@ -253,11 +253,8 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         fig(plotting.saturation_by_kind(sat, fig_dir), "Saturation per component kind (residual stream, attention, "
             "MLP/MoE, gate, final norm): median max over category-proportional subsets relative to its final value; "
             "dashed: 95%.")
-    extremes = {}
-    for p in _as_list(inputs.get("extremes") or []):
-        d = read_json(p)
-        name = (d.get("provenance") or {}).get("checkpoint") or Path(p).parent.name
-        extremes[Path(p).parent.name if Path(p).parent.name else name] = d
+    # results/extremes/<ckpt>/extremes.json: keyed by the checkpoint's folder, as the cards and probes look them up
+    extremes = {Path(p).parent.name: read_json(p) for p in _as_list(inputs.get("extremes") or [])}
     for name, d in sorted(extremes.items()):
         if d.get("status") == "fitted":
             fig(plotting.extremes_curve(sat, d, name, fig_dir),
