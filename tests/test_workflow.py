@@ -42,6 +42,19 @@ def test_end_to_end_outputs(study):
             assert (rep / "files" / ck / "calibration" / f).read_bytes() == (res / "calibration" / ck / f).read_bytes()
         card = (rep / "cards" / f"{ck}.activation_card.md").read_text()
         assert "act_scales.pt" in card and "imatrix.gguf" in card
+        # quant_eval after calibration: every format scored on held-out samples (none of them measured), in the
+        # report (table, figure) and the card.
+        q = json.loads((res / "quant_eval" / ck / "quant_eval.json").read_text())
+        measured_ids = set(__import__("pandas").read_parquet(res / "measure" / ck / "per_sample_extremes.parquet")["sample_id"].astype(str))
+        assert q["heldout"]["sample_ids"] and not set(q["heldout"]["sample_ids"]) & measured_ids
+        assert q["formats"]["unquantized"]["delta_nll_per_token"] == 0.0
+        assert q["provenance"]["corpus_sha256"] == prov["corpus_sha256"] and q["provenance"]["libraries"]["compressed-tensors"]
+        assert (rep / "tables" / f"quant_eval_{ck}.csv").exists() and f"quant_eval_{ck}" in html
+        assert "**Quantized formats**" in card
+    assert "quant_delta_nll_vs_max.png" in html
+    gemma_q = json.loads((res / "quant_eval" / "tiny-gemma3" / "quant_eval.json").read_text())
+    assert gemma_q["formats"]["smoothquant_w8a8"]["status"] == "not_covered"
+    assert json.loads((res / "quant_eval" / "tiny-llama" / "quant_eval.json").read_text())["formats"]["smoothquant_w8a8"]["status"] == "measured"
     # The published 27 sit beside the measured ones.
     gt = (res / "aggregate" / "global_max.csv").read_text()
     assert gt.count(",published,") == 27 or gt.count("published") >= 27
@@ -156,7 +169,7 @@ def test_lint_is_clean(tmp_path):
 def test_default_config_plans_every_stage(tmp_path):
     p = snakemake(tmp_path, "-n", configfile=REPO / "config" / "config.yaml")
     jobs = planned(p.stdout)
-    for rule in ("corpus", "prepare_checkpoint", "tokenize", "measure", "calibration", "int8_check", "aggregate", "render"):
+    for rule in ("corpus", "prepare_checkpoint", "tokenize", "measure", "calibration", "quant_eval", "int8_check", "aggregate", "render"):
         assert jobs.get(rule), rule
 
 

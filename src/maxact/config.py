@@ -95,6 +95,18 @@ def validate_config(config: dict, schema_path) -> None:
     _check_semantics(config)
 
 
+#: The measure.exports each quant_eval format reads a file of (None: no file).
+QUANT_FORMAT_EXPORTS = {"fp8_static": "input_scales", "int8_static": "input_scales", "int8_dynamic": None, "fp8_dynamic": None,
+                        "smoothquant_w8a8": "smoothquant"}
+
+
+def quant_eval_runs(config: dict) -> bool:
+    """Whether the study runs the quant_eval stage: enabled true, or auto with the input scales exported."""
+    q = config.get("quant_eval") or {}
+    exports = (config.get("measure") or {}).get("exports") or []
+    return q.get("enabled") is True or (q.get("enabled", "auto") == "auto" and "input_scales" in exports)
+
+
 def _check_semantics(config: dict) -> None:
     names = [c["name"] for c in config.get("checkpoints", [])]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -107,6 +119,21 @@ def _check_semantics(config: dict) -> None:
             raise ConfigError(
                 f"checkpoint '{c['name']}' (source {c['source']}) needs config key(s) {', '.join(missing)}"
             )
+    q = config.get("quant_eval") or {}
+    if q.get("enabled") is True:
+        exports = set((config.get("measure") or {}).get("exports") or [])
+        need = {f: QUANT_FORMAT_EXPORTS[f] for f in q.get("formats", []) if QUANT_FORMAT_EXPORTS.get(f)}
+        need_any = "input_scales"  # the list of calibrated modules that every format quantizes
+        lacking = sorted({e for e in [*need.values(), need_any] if e not in exports})
+        if lacking:
+            raise ConfigError(
+                f"quant_eval reads maxact's calibration files, and measure.exports lacks {', '.join(lacking)} "
+                f"(formats needing them: {', '.join(f for f, e in need.items() if e in lacking) or 'all, for the list of calibrated layers'}): "
+                f"add {', '.join(lacking)} to measure.exports, or set quant_eval.enabled: auto (runs what the exports allow) or false")
+    if q:
+        if float(q.get("safe_delta_nll", 0.05)) >= float(q.get("breaks_delta_nll", 0.5)):
+            raise ConfigError(f"quant_eval.safe_delta_nll ({q.get('safe_delta_nll')}) must be below quant_eval.breaks_delta_nll "
+                              f"({q.get('breaks_delta_nll')})")
     for p in config.get("matched_pairs", []):
         for role in ("moe", "dense"):
             if p[role] not in names and not config.get("published", {}).get("include", True):

@@ -1,7 +1,7 @@
 """maxact's imatrix.gguf against llama.cpp itself, on the real SmolLM2-135M GGUF (slow).
 
 llama.cpp's tools are built from the sources inside the llama-cpp-python source distribution (PyPI; cmake +
-a C++ compiler), once, into the conversion cache. Then:
+a C++ compiler), once, into the conversion cache (``python -m maxact.quant.llama_cpp build``). Then:
 
 - ``llama-quantize --imatrix`` accepts maxact's file for the real SmolLM2 GGUF and uses it;
 - ``llama-imatrix`` run on the same text gives, weight by weight, mean x^2 per input channel within a factor
@@ -14,46 +14,27 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from maxact.quant.llama_cpp import LLAMA_CPP_PYTHON  # its sdist vendors llama.cpp's sources
 from real_checkpoints import CACHE, SMOL
-
-LLAMA_CPP_PYTHON = "0.3.36"  # its sdist vendors llama.cpp's sources
-BUILD = CACHE / f"llama.cpp-{LLAMA_CPP_PYTHON}"
-TOOLS = ("llama-quantize", "llama-imatrix")
 
 pytestmark = pytest.mark.slow
 
 
 def _build() -> Path:
-    """The built tools' folder (built once); skips where the sources or a toolchain cannot be had."""
-    bin_dir = BUILD / "build" / "bin"
-    if all((bin_dir / t).exists() for t in TOOLS):
-        return bin_dir
-    if not (shutil.which("cmake") and (shutil.which("c++") or shutil.which("g++"))):
-        pytest.skip("cmake and a C++ compiler are needed to build llama.cpp's tools")
-    BUILD.mkdir(parents=True, exist_ok=True)
-    dl = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(BUILD),
-                         f"llama-cpp-python=={LLAMA_CPP_PYTHON}"], capture_output=True, text=True)
-    sdists = sorted(BUILD.glob("llama_cpp_python-*.tar.gz"))
-    if dl.returncode != 0 or not sdists:
-        pytest.skip(f"llama-cpp-python {LLAMA_CPP_PYTHON} source distribution not downloadable: {dl.stderr[-300:]}")
-    with tarfile.open(sdists[0]) as tf:
-        tf.extractall(BUILD, filter="data")
-    src = next(BUILD.glob("llama_cpp_python-*/vendor/llama.cpp"))
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    subprocess.run(["cmake", "-S", str(src), "-B", str(BUILD / "build"), *gen, "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF",
-                    "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"],
-                   check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(BUILD / "build"), "-j", "2", "--target", *TOOLS], check=True, capture_output=True)
-    return bin_dir
+    """The built tools' folder (built once, by maxact's own builder); skips where the sources or a toolchain cannot be had."""
+    from maxact.errors import InputError
+    from maxact.quant.llama_cpp import build_tools
+
+    try:
+        return build_tools(CACHE, LLAMA_CPP_PYTHON)
+    except InputError as e:
+        pytest.skip(str(e))
 
 
 def _text() -> str:
@@ -113,3 +94,29 @@ def test_llama_cpp_reads_and_agrees_with_maxacts_imatrix(tmp_path):
     print(f"maxact / llama-imatrix mean x^2 per channel over {len(ratios)} weights: median {np.median(ratios):.3f}, "
           f"range {ratios.min():.3f} to {ratios.max():.3f}")
     assert np.all((ratios > 0.5) & (ratios < 2)), {n: a[n] / b[n] for n in common if not 0.5 < a[n] / b[n] < 2}
+
+
+def test_quant_eval_runs_llama_cpp_with_and_without_maxacts_imatrix(tmp_path):
+    """The quant_eval stage's llama.cpp part on the real SmolLM2: its GGUF dequantized to F32, Q4_K_M and IQ3_XXS made
+    with and without maxact's imatrix, all scored by llama-perplexity on the same text; the imatrix lowers the
+    low-bit type's perplexity."""
+    from maxact.cli import main
+    from maxact.models.checkpoints import prepare_checkpoint
+    from maxact.quant.llama_cpp import llama_cpp_eval
+
+    _build()
+    prepared = prepare_checkpoint(SMOL, CACHE)
+    text = _text()
+    chunks = [text[i : i + 600] for i in range(0, len(text), 600)]
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"id": f"c{i}", "text": c}) + "\n" for i, c in enumerate(chunks)))
+    assert main(["measure", "--model", prepared["gguf"]["path"], "--texts", str(tmp_path / "texts.jsonl"), "--out",
+                 str(tmp_path / "m"), "--device", "cpu", "--export", "imatrix", "--cache-dir", str(CACHE)]) == 0
+    doc = llama_cpp_eval(prepared, tmp_path / "m", chunks, {"types": ["Q4_K_M", "IQ3_XXS"], "ctx": 128, "chunks": 8,
+                                                           "cache_dir": CACHE})
+    assert doc["status"] == "measured" and doc["base"]["chunks"] == 8 and doc["base"]["ppl"] > 1
+    for t in ("Q4_K_M", "IQ3_XXS"):
+        w, wo = doc["types"][t]["with_imatrix"], doc["types"][t]["without_imatrix"]
+        assert w["status"] == wo["status"] == "measured" and w["imatrix_used"] is True
+        assert w["delta_nll_per_token"] > -0.05 and wo["delta_nll_per_token"] > -0.05
+    iq = doc["types"]["IQ3_XXS"]
+    assert iq["with_imatrix"]["ppl"] < iq["without_imatrix"]["ppl"], iq

@@ -31,7 +31,7 @@ from maxact.corpus.records import (
 )
 from maxact.corpus.sources.text import chunk_text, clean_text, rng_for
 
-__all__ = ["SOURCES", "materialize_corpus", "stdlib_corpus"]
+__all__ = ["SOURCES", "materialize_corpus", "stdlib_corpus", "source_records", "heldout_records"]
 
 SOURCES = ("default", "extended", "build", "stdlib", "hf", "files")
 
@@ -282,25 +282,58 @@ def _from_files(cfg, resources_dir):
     return recs, h.hexdigest(), {"files": [str(f) for f in files]}
 
 
-def materialize_corpus(corpus_cfg: dict, out_path, resources_dir) -> dict:
-    """Produce the study corpus at ``out_path`` (.jsonl.gz) from ``corpus_cfg`` and return its manifest."""
-    t0 = time.perf_counter()
+def source_records(corpus_cfg: dict, resources_dir) -> tuple[list[dict], str | None, dict]:
+    """(every record of the configured source before any subset, its sha256, where it came from)."""
     cfg = {**DEFAULT_CORPUS_CONFIG, **(corpus_cfg or {})}
     source = cfg.get("source") or "default"
     if source not in SOURCES:
         raise CorpusError(f"corpus.source {source!r} is unknown; use one of {list(SOURCES)}")
     if source == "default":
-        recs, source_sha, info = _from_default(cfg, resources_dir)
-    elif source == "extended":
-        recs, source_sha, info = _from_extended(cfg, resources_dir)
-    elif source == "build":
-        recs, source_sha, info = _from_build(cfg, resources_dir)
-    elif source == "stdlib":
-        recs, source_sha, info = stdlib_corpus(int(cfg.get("seed") or 0)), None, {}
-    elif source == "hf":
-        recs, source_sha, info = _from_hf(cfg, resources_dir)
-    else:
-        recs, source_sha, info = _from_files(cfg, resources_dir)
+        return _from_default(cfg, resources_dir)
+    if source == "extended":
+        return _from_extended(cfg, resources_dir)
+    if source == "build":
+        return _from_build(cfg, resources_dir)
+    if source == "stdlib":
+        return stdlib_corpus(int(cfg.get("seed") or 0)), None, {}
+    if source == "hf":
+        return _from_hf(cfg, resources_dir)
+    return _from_files(cfg, resources_dir)
+
+
+def heldout_records(corpus_cfg: dict, resources_dir, exclude_ids, n: int, seed: int = 0) -> tuple[list[dict], dict]:
+    """``n`` records of the study's corpus source that are not in ``exclude_ids`` (the measured, i.e. calibration,
+    samples), category-proportional and seeded (a draw independent of the study's own subset). Where the source
+    is the shipped 5,000 and fewer than ``n`` are left, the rest come from the extended edition's 15,000 (drawn
+    disjoint from the 5,000). Returns (records sorted by id, {source, pool, drawn_from_extended})."""
+    cfg = {**DEFAULT_CORPUS_CONFIG, **(corpus_cfg or {})}
+    recs, sha, _ = source_records(cfg, resources_dir)
+    exclude = {str(i) for i in exclude_ids}
+    pool = [r for r in recs if str(r["id"]) not in exclude]
+    info = {"source": cfg.get("source") or "default", "source_sha256": sha, "pool": len(pool), "excluded": len(exclude),
+            "drawn_from_extended": 0}
+    out = proportional_subset(pool, min(n, len(pool)), int(seed), repeat=1)
+    if len(out) < n and info["source"] == "default":
+        ext, _, _ = _from_extended(cfg, resources_dir)
+        base = {str(r["id"]) for r in recs}
+        more = [r for r in ext if str(r["id"]) not in base and str(r["id"]) not in exclude]
+        extra = proportional_subset(more, min(n - len(out), len(more)), int(seed), repeat=1)
+        info["drawn_from_extended"] = len(extra)
+        info["pool"] += len(more)
+        out = sorted(out + extra, key=lambda r: r["id"])
+    if len(out) < n:
+        raise CorpusError(f"only {len(out)} corpus samples are held out from the {len(exclude)} measured ones (source "
+                          f"{info['source']!r}); quant_eval.n_samples asks {n}: lower quant_eval.n_samples, or measure fewer "
+                          "samples (corpus.max_samples)")
+    return out, info
+
+
+def materialize_corpus(corpus_cfg: dict, out_path, resources_dir) -> dict:
+    """Produce the study corpus at ``out_path`` (.jsonl.gz) from ``corpus_cfg`` and return its manifest."""
+    t0 = time.perf_counter()
+    cfg = {**DEFAULT_CORPUS_CONFIG, **(corpus_cfg or {})}
+    source = cfg.get("source") or "default"
+    recs, source_sha, info = source_records(cfg, resources_dir)
     n_total = len(recs)
     max_samples = cfg.get("max_samples")
     if max_samples is not None and int(max_samples) < len(recs):

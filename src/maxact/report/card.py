@@ -80,9 +80,11 @@ def corpus_verdict(doc: dict | None) -> str:
     return f"not enough: {n} samples would likely find more; median max {est}, up to {100 * up:+.0f}%{caveat}"
 
 
-def build_card(result: dict, int8: dict | None, calibration: dict | None = None, extremes: dict | None = None) -> dict:
+def build_card(result: dict, int8: dict | None, calibration: dict | None = None, extremes: dict | None = None,
+               quant_eval: dict | None = None) -> dict:
     """The card's facts; ``calibration``: the checkpoint's calibration manifest with its folder (``dir``);
-    ``extremes``: the checkpoint's extreme-value estimate (the extremes rule's document)."""
+    ``extremes``: the checkpoint's extreme-value estimate (the extremes rule's document); ``quant_eval``: what each
+    quantized format does to it (the quant_eval rule's document)."""
     split: dict[str, dict] = {}
     for comp, st in result["per_layer_stats"].items():
         if st.get("max") is None:
@@ -120,11 +122,41 @@ def build_card(result: dict, int8: dict | None, calibration: dict | None = None,
                             "headroom": extremes.get("headroom") or [],
                             "return_levels": extremes.get("return_levels") or [],
                             "structural_share": extremes.get("structural_share"), "method": extremes.get("method")}
+    if quant_eval is not None:
+        card["quant_eval"] = quant_eval_rows(quant_eval)
     if calibration is not None:
         card["calibration"] = {"dir": calibration.get("dir"), "files": calibration.get("files", []),
                                "uncovered": calibration.get("uncovered", []), "filled": calibration.get("filled", {}),
                                "fill_policy": calibration.get("fill_policy"), "not_recorded": calibration.get("not_recorded", {})}
     return card
+
+
+QUANT_LABELS = {"unquantized": "unquantized (control)", "fp8_static": "FP8 static (maxact's input_scale)",
+                "int8_static": "INT8 static per-tensor (maxact's input_scale)", "int8_dynamic": "INT8 dynamic per-token (W8A8)",
+                "fp8_dynamic": "FP8 dynamic per-token", "smoothquant_w8a8": "SmoothQuant (maxact's act_scales) + W8A8"}
+
+
+def quant_eval_rows(doc: dict) -> dict:
+    """The card's and the report's view of a quant_eval document: one row per format, the verdict line and the
+    held-out samples."""
+    rows = []
+    for f, e in (doc.get("formats") or {}).items():
+        w = (e.get("worst_modules") or [{}])[0]
+        clip = e.get("clip") or {}
+        rows.append({"format": QUANT_LABELS.get(f, f), "status": e.get("status"),
+                     "delta_nll": e.get("delta_nll_per_token"), "logits_rel_l2": e.get("logits_rel_l2"),
+                     "final_hidden_rel_l2": e.get("final_hidden_rel_l2"), "top1": e.get("top1_agreement"),
+                     "clip_rate": clip.get("token_rate") if clip else None, "worst_module": w.get("module"),
+                     "worst_module_error": w.get("token_rel_l2"), "verdict": e.get("verdict") or e.get("status"),
+                     "reason": e.get("reason")})
+    h = doc.get("heldout") or {}
+    return {"rows": rows, "verdict_line": doc.get("verdict_line"), "samples": len(h.get("sample_ids") or []),
+            "tokens": h.get("tokens"), "max_tokens": h.get("max_tokens"), "reference_nll": doc.get("reference_nll_per_token"),
+            "llama_cpp": doc.get("llama_cpp")}
+
+
+def _f(v, fmt):
+    return "n/a" if v is None else format(v, fmt)
 
 
 def card_markdown(card: dict) -> str:
@@ -160,6 +192,27 @@ def card_markdown(card: dict) -> str:
             for h in ex["headroom"]:
                 up = "open" if h["upper_ratio"] is None else f"{h['upper_ratio']:.3f}x"
                 lines.append(f"| {h['n_samples']:,} | {h['estimate_ratio']:.3f}x | {up} |")
+    qe = card.get("quant_eval")
+    if qe:
+        lines += ["", f"**Quantized formats** (end to end against the unquantized model on {qe['samples']} held-out corpus samples, "
+                      f"{qe['tokens']:,} tokens, none of them in the calibration): {qe['verdict_line']}", "",
+                  "| format | ΔNLL/token | logits rel L2 | top-1 agreement | clip rate (tokens) | verdict |", "|---|---|---|---|---|---|"]
+        for r in qe["rows"]:
+            if r["status"] != "measured":
+                lines.append(f"| {r['format']} | - | - | - | - | {r['status'].replace('_', ' ')}: {r['reason']} |")
+                continue
+            lines.append(f"| {r['format']} | {_f(r['delta_nll'], '+.4f')} | {_f(r['logits_rel_l2'], '.4f')} | {_f(r['top1'], '.3f')} | "
+                         f"{_f(r['clip_rate'], '.2e') if r['clip_rate'] is not None else '-'} | {r['verdict']} |")
+        lc = qe.get("llama_cpp") or {}
+        if lc.get("status") == "measured":
+            lines += ["", f"llama.cpp (llama-perplexity, ctx {lc['ctx']}, same held-out text; F32 base PPL {lc['base']['ppl']:.4g}):", "",
+                      "| type | ΔNLL/token with maxact's imatrix | without | PPL with | PPL without |", "|---|---|---|---|---|"]
+            for t, row in lc["types"].items():
+                w, wo = row.get("with_imatrix") or {}, row.get("without_imatrix") or {}
+                lines.append(f"| {t} | {_f(w.get('delta_nll_per_token'), '+.4f')} | {_f(wo.get('delta_nll_per_token'), '+.4f') if wo.get('status') == 'measured' else wo.get('status', 'n/a')} | "
+                             f"{_f(w.get('ppl'), '.4g')} | {_f(wo.get('ppl'), '.4g')} |")
+        elif lc:
+            lines += ["", f"llama.cpp part: {lc.get('status')} ({lc.get('reason')})"]
     cal = card.get("calibration")
     if cal:
         base = cal.get("dir") or "."
@@ -200,7 +253,12 @@ def write_card(result_dir, out_dir=None) -> list[str]:
     cand = result_dir.parent.parent / "extremes" / result_dir.name / "extremes.json"
     if cand.exists():
         extremes = read_json(cand)
-    card = build_card(result, int8, manifest, extremes)
+    quant = None
+    for cand in (result_dir / "quant_eval.json", result_dir.parent.parent / "quant_eval" / result_dir.name / "quant_eval.json"):
+        if cand.exists():
+            quant = read_json(cand)
+            break
+    card = build_card(result, int8, manifest, extremes, quant)
     name = card["checkpoint"] or result_dir.name
     md, js = out / f"{name}.activation_card.md", out / f"{name}.activation_card.json"
     atomic_write_text(md, card_markdown(card))

@@ -307,3 +307,25 @@ def training_trajectory(claims: dict, out_dir: Path) -> list[str] | None:
     ax.set_title("Maximum activation over training")
     ax.legend(fontsize=8)
     return _save(fig, out_dir, "training_trajectory")
+
+
+def quant_delta_vs_max(rows: pd.DataFrame, out_dir: Path) -> list[str]:
+    """ΔNLL per token of each format against the checkpoint's global max |activation| (log x), one marker per
+    checkpoint and format: what the maximum does to a quantized model."""
+    _style()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    markers = {"INT8 static per-tensor": "o", "FP8 static": "s", "INT8 dynamic per-token": "^", "FP8 dynamic per-token": "v",
+               "SmoothQuant + W8A8": "D"}
+    for fmt, g in rows.groupby("format", sort=False):
+        ax.scatter(g["global_max"], g["delta_nll"], marker=markers.get(fmt, "x"), s=36, label=fmt,
+                   zorder=3 if fmt == "INT8 static per-tensor" else 2)
+        if fmt == "INT8 static per-tensor":
+            for _, r in g.iterrows():
+                ax.annotate(r["checkpoint"], (r["global_max"], r["delta_nll"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(0, color="#333", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("global max |activation| (log scale)")
+    ax.set_ylabel("ΔNLL per token vs unquantized")
+    ax.set_title("What the maximum does to a quantized model")
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir, "quant_delta_nll_vs_max")

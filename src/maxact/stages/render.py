@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from maxact.io import atomic_write_text, link_or_copy, mirror_tree, read_json, write_json
+from maxact.quant.formats import LABELS, short_module
 from maxact.report import plotting
-from maxact.report.card import build_card, card_markdown, corpus_verdict, revision_text, weights_text
+from maxact.report.card import build_card, card_markdown, corpus_verdict, quant_eval_rows, revision_text, weights_text
 from maxact.report.claims_markdown import claims_markdown
 from maxact.report.html import render_report, write_table
 from maxact.study.claims import lineage
@@ -46,6 +47,14 @@ EXTREMES_NOTE = ("Each sample is a block: its maximum |a| over the points of the
                  "the median of the maximum over N samples: a corpus of N samples exceeds it with probability 1/2. "
                  "Intervals: profile likelihood, 90%. Quarters: each random quarter of the corpus, fitted alone, predicts "
                  "the whole; the count says how often the measured maximum fell inside its 90% interval.")
+QUANT_NOTE = ("Each format is applied by its consumer's own code to the layers maxact calibrated (LM head in full "
+              "precision): compressed-tensors' quantized forward (FP8/INT8 static with maxact's input_scale files, dynamic "
+              "per-token INT8 (W8A8) and FP8 as the reference), llm-compressor's SmoothQuant smoothing with maxact's "
+              "act_scales.pt then W8A8. ΔNLL/token: mean next-token NLL minus the unquantized model's; rel L2 over all "
+              "positions; top-1: share of positions with the same argmax token; clip rate: share of (token, layer) input "
+              "rows with a value above the calibrated max |x| the static scale was made from; worst layer: the largest "
+              "local error, the layer's quantized output against its unquantized output on the same input, per token. "
+              "Verdict: safe up to the safe ΔNLL, breaks from the breaks ΔNLL (quant_eval settings).")
 BOOTSTRAP_NOTE = ("The paper's experiment A, exact from per-sample maxima: category-proportional subsets drawn as the paper "
                   "draws them (make_bootstrap_datasets.py: seed 20260502 + 100 size + repeat), the global max of each "
                   "repeat r0..r4. The paper's 'CV%' is the spread (max - min) / mean of the repeats (it reproduces every "
@@ -262,6 +271,17 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
                 f"over N samples (90% profile-likelihood band) to {max(r['n_samples'] for r in d['return_levels']):,} "
                 f"samples. {corpus_verdict(d)}.")
 
+    # results/quant_eval/<ckpt>/quant_eval.json: keyed by the checkpoint's folder, like the extremes
+    quant = {Path(p).parent.name: read_json(p) for p in _as_list(inputs.get("quant_eval") or [])}
+    qrows = [{"checkpoint": name, "format": LABELS.get(f, f), "global_max": abs(d["global_max_activation"]),
+              "delta_nll": e["delta_nll_per_token"]}
+             for name, d in sorted(quant.items()) if d.get("global_max_activation") is not None
+             for f, e in d["formats"].items() if f != "unquantized" and e.get("status") == "measured"]
+    if qrows:
+        fig(plotting.quant_delta_vs_max(pd.DataFrame(qrows), fig_dir),
+            "ΔNLL per token of each quantized format (held-out samples, against the unquantized model) against the "
+            "checkpoint's global max |activation|: static per-tensor INT8 labelled per checkpoint.")
+
     tables = []
     g = gt.copy()
     g["source"] = g["source"].map({"measured": "measured here", "published": "published"}).fillna(g["source"])
@@ -297,7 +317,7 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         cal = calibration.get(s["checkpoint"])
         if cal is not None:  # the card links the copies in the report folder, relative to the card
             cal = {**cal, "dir": Path(os.path.relpath(files_dir / s["checkpoint"] / "calibration", card_dir)).as_posix()}
-        card = build_card(s, int8, cal, extremes.get(s["checkpoint"]))
+        card = build_card(s, int8, cal, extremes.get(s["checkpoint"]), quant.get(s["checkpoint"]))
         md_path = card_dir / f"{s['checkpoint']}.activation_card.md"
         atomic_write_text(md_path, card_markdown(card))
         write_json(md_path.with_name(f"{s['checkpoint']}.activation_card.json"), card)
@@ -348,6 +368,31 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         tables.append(write_table(pd.DataFrame(rows), tab_dir, "corpus_enough",
                                   "Is the corpus enough? Measured max and the extreme-value estimate of the median maximum "
                                   "over N samples [90% profile-likelihood interval]", note=EXTREMES_NOTE))
+    for name, d in sorted(quant.items()):
+        view = quant_eval_rows(d)
+        qt = pd.DataFrame([{"format": r["format"], "status": r["status"], "ΔNLL/token": r["delta_nll"],
+                            "logits rel L2": r["logits_rel_l2"], "final hidden rel L2": r["final_hidden_rel_l2"],
+                            "top-1 agreement": r["top1"], "clip rate (token rows)": r["clip_rate"],
+                            "worst layer": short_module(r["worst_module"]) if r["worst_module"] else None,
+                            "its per-token rel. error": r["worst_module_error"], "verdict": r["verdict"],
+                            "why not run": r["reason"]} for r in view["rows"]])
+        h = d.get("heldout") or {}
+        tables.append(write_table(qt, tab_dir, f"quant_eval_{name}",
+                                  f"{name}: what each quantized format does, end to end (consumers' own code, maxact's files)",
+                                  note=(f"{view['verdict_line']}. Held out: {view['samples']} corpus samples not in the measurement "
+                                        f"(so not in the calibration), {view['tokens']:,} tokens (each cut to {view['max_tokens']}; "
+                                        f"{(h.get('truncation') or {}).get('samples', 0)} cut); reference NLL "
+                                        f"{view['reference_nll']:.4f}/token. " + QUANT_NOTE)))
+        lc = d.get("llama_cpp") or {}
+        if lc.get("status") == "measured":
+            lrows = [{"type": t, "imatrix": lab.replace("_imatrix", "").replace("_", " "), "status": v.get("status"),
+                      "PPL": v.get("ppl"), "±": v.get("ppl_error"), "ΔNLL/token vs F32": v.get("delta_nll_per_token"),
+                      "size (MB)": v["size_bytes"] / 1e6 if v.get("size_bytes") else None, "note": v.get("reason")}
+                     for t, row in lc["types"].items() for lab, v in row.items()]
+            tables.append(write_table(pd.DataFrame(lrows), tab_dir, f"llama_cpp_{name}",
+                                      f"{name}: llama.cpp's quantizer with and without maxact's imatrix (llama-perplexity)",
+                                      note=f"Same held-out text; ctx {lc['ctx']}, {lc['base'].get('chunks')} chunks; F32 base "
+                                           f"PPL {lc['base']['ppl']:.4g}. ΔNLL/token = ln PPL - ln PPL(F32)."))
     probe_rows = []
     for p in probe_paths.values():
         pr = read_json(p)
