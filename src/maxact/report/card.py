@@ -147,7 +147,8 @@ def quant_eval_rows(doc: dict) -> dict:
                      "delta_nll": e.get("delta_nll_per_token"), "logits_rel_l2": e.get("logits_rel_l2"),
                      "final_hidden_rel_l2": e.get("final_hidden_rel_l2"), "top1": e.get("top1_agreement"),
                      "clip_rate": clip.get("token_rate") if clip else None, "worst_module": w.get("module"),
-                     "worst_module_error": w.get("token_rel_l2"), "verdict": e.get("verdict") or e.get("status"),
+                     "worst_module_error": w.get("token_rel_l2"),
+                     "verdict": e.get("verdict") or ("control" if f == "unquantized" else e.get("status")),
                      "reason": e.get("reason")})
     h = doc.get("heldout") or {}
     return {"rows": rows, "verdict_line": doc.get("verdict_line"), "samples": len(h.get("sample_ids") or []),

@@ -310,22 +310,33 @@ def training_trajectory(claims: dict, out_dir: Path) -> list[str] | None:
 
 
 def quant_delta_vs_max(rows: pd.DataFrame, out_dir: Path) -> list[str]:
-    """ΔNLL per token of each format against the checkpoint's global max |activation| (log x), one marker per
-    checkpoint and format: what the maximum does to a quantized model."""
+    """ΔNLL per token of each format against the checkpoint's global max |activation| (left) and against the largest
+    calibrated linear-layer input max |x|, what a per-tensor static scale is made from (right); log x, one marker per
+    checkpoint and format."""
     _style()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    panels = [("global_max", "global max |activation| (log scale)")]
+    if "linear_input_max" in rows and rows["linear_input_max"].notna().any():
+        panels.append(("linear_input_max", "largest linear-layer input max |x| (log scale)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
     markers = {"INT8 static per-tensor": "o", "FP8 static": "s", "INT8 dynamic per-token": "^", "FP8 dynamic per-token": "v",
                "SmoothQuant + W8A8": "D"}
-    for fmt, g in rows.groupby("format", sort=False):
-        ax.scatter(g["global_max"], g["delta_nll"], marker=markers.get(fmt, "x"), s=36, label=fmt,
-                   zorder=3 if fmt == "INT8 static per-tensor" else 2)
-        if fmt == "INT8 static per-tensor":
-            for _, r in g.iterrows():
-                ax.annotate(r["checkpoint"], (r["global_max"], r["delta_nll"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.axhline(0, color="#333", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("global max |activation| (log scale)")
-    ax.set_ylabel("ΔNLL per token vs unquantized")
-    ax.set_title("What the maximum does to a quantized model")
-    ax.legend(fontsize=7)
+    for ax, (col, label) in zip(axes[0], panels):
+        for fmt, g in rows.groupby("format", sort=False):
+            ax.scatter(g[col], g["delta_nll"], marker=markers.get(fmt, "x"), s=36, label=fmt,
+                       zorder=3 if fmt == "INT8 static per-tensor" else 2)
+            if fmt == "INT8 static per-tensor":
+                for _, r in g.iterrows():
+                    ax.annotate(r["checkpoint"], (r[col], r["delta_nll"]), fontsize=7, xytext=(0, 6), textcoords="offset points",
+                                ha="center")
+        ax.axhline(0, color="#333", lw=0.8)
+        ax.set_xscale("log")
+        # a few plain labels whatever the span (log ticks crowd or vanish over less than a decade)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.3g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.margins(x=0.25, y=0.12)
+        ax.set_xlabel(label)
+        ax.set_ylabel("ΔNLL per token vs unquantized")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("What the maximum does to a quantized model")
     return _save(fig, out_dir, "quant_delta_nll_vs_max")

@@ -28,7 +28,7 @@ from maxact.measurement.settings import MeasureSettings
 from maxact.models.checkpoints import load_tokenizer
 from maxact.models.kernels_used import kernels_used
 from maxact.quant.evaluate import evaluate
-from maxact.quant.formats import EXPORT_OF, FORMATS, LABELS, STATIC, read_scale_names, short_module
+from maxact.quant.formats import EXPORT_OF, FORMATS, LABELS, STATIC, read_amax, read_scale_names, short_module
 from maxact.stages.loading import load
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
         raise InputError(f"{names_file} is missing: quant_eval quantizes the linear layers maxact calibrated, listed by "
                          "the input_scales export; add input_scales to measure.exports")
     module_names = read_scale_names(names_file)
+    cal_max = max(read_amax(names_file).items(), key=lambda kv: kv[1])  # what a per-tensor static scale is made from
 
     t0 = time.perf_counter()
     tok = load_tokenizer(prepared)
@@ -132,6 +133,7 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
         "model_name": result.get("model_name"),
         "global_max_activation": result.get("global_max_activation"),
         "global_max_location": result.get("global_max_location"),
+        "largest_linear_input": {"module": cal_max[0], "max_abs": cal_max[1]},
         **ev,
         "verdict_line": "; ".join(v["text"] for v in verdicts.values()),
         "heldout": {"sample_ids": [str(x) for x in df["sample_id"]],

@@ -274,13 +274,14 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
     # results/quant_eval/<ckpt>/quant_eval.json: keyed by the checkpoint's folder, like the extremes
     quant = {Path(p).parent.name: read_json(p) for p in _as_list(inputs.get("quant_eval") or [])}
     qrows = [{"checkpoint": name, "format": LABELS.get(f, f), "global_max": abs(d["global_max_activation"]),
-              "delta_nll": e["delta_nll_per_token"]}
+              "linear_input_max": (d.get("largest_linear_input") or {}).get("max_abs"), "delta_nll": e["delta_nll_per_token"]}
              for name, d in sorted(quant.items()) if d.get("global_max_activation") is not None
              for f, e in d["formats"].items() if f != "unquantized" and e.get("status") == "measured"]
     if qrows:
         fig(plotting.quant_delta_vs_max(pd.DataFrame(qrows), fig_dir),
             "ΔNLL per token of each quantized format (held-out samples, against the unquantized model) against the "
-            "checkpoint's global max |activation|: static per-tensor INT8 labelled per checkpoint.")
+            "checkpoint's global max |activation| (left) and against its largest calibrated linear-layer input max |x|, "
+            "what a per-tensor static scale is made from (right); static per-tensor INT8 labelled per checkpoint.")
 
     tables = []
     g = gt.copy()
@@ -380,7 +381,8 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         tables.append(write_table(qt, tab_dir, f"quant_eval_{name}",
                                   f"{name}: what each quantized format does, end to end (consumers' own code, maxact's files)",
                                   note=(f"{view['verdict_line']}. Held out: {view['samples']} corpus samples not in the measurement "
-                                        f"(so not in the calibration), {view['tokens']:,} tokens (each cut to {view['max_tokens']}; "
+                                        f"(so not in the calibration; {_ids(h.get('sample_ids') or [])}), {view['tokens']:,} tokens "
+                                        f"(each cut to {view['max_tokens']}; "
                                         f"{(h.get('truncation') or {}).get('samples', 0)} cut); reference NLL "
                                         f"{view['reference_nll']:.4f}/token. " + QUANT_NOTE)))
         lc = d.get("llama_cpp") or {}
@@ -475,6 +477,10 @@ def render_for_workflow(inputs: dict, outputs: dict, study: str) -> None:
         link_or_copy(outputs["report"], bundle / Path(outputs["report"]).name)
         for d in (fig_dir, tab_dir, card_dir, files_dir):
             mirror_tree(d, bundle / d.relative_to(report_dir))
+
+
+def _ids(ids: list, shown: int = 12) -> str:
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def _as_list(x):
