@@ -34,6 +34,7 @@ with rule_logging(snakemake) as log:
         result = measure_checkpoint(
             read_json(snakemake.input.prepared), tokens, token_meta, out_dir,
             settings=settings, meta=dict(snakemake.params.meta), corpus_sha256=corpus_manifest["sha256"], shard=shard,
+            cache_dir=snakemake.config["cache_dir"],
         )
         if shard:
             sh = result["provenance"]["shard"]

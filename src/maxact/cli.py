@@ -98,7 +98,7 @@ def cmd_measure(a) -> int:
     from maxact.study.topk import top5_name, top5_stats
 
     settings = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_batch_tokens": a.max_batch_tokens,
-                "attn_implementation": a.attn_implementation, "packing": a.packing, "topk": a.topk,
+                "attn_implementation": a.attn_implementation, "packing": a.packing, "compile": a.compile, "topk": a.topk,
                 "full_stats": a.full_stats, "checkpoint_every": a.checkpoint_every,
                 "linear_inputs": a.calibration, "exports": _exports(a.export), "fill_uncovered": a.fill_uncovered}
     s = MeasureSettings.of(settings)
@@ -118,7 +118,7 @@ def cmd_measure(a) -> int:
     with out.staging() as stage:  # the earlier results stay as they were unless this whole run succeeds
         write_json(stage / "prepared.json", prepared)
         r = measure_checkpoint(prepared, df, meta, stage, settings=settings, write_exports=True, resume_dir=out.resume_dir,
-                               shard=shard)
+                               shard=shard, cache_dir=a.cache_dir)
         write_json(stage / top5_name(prepared["name"]), top5_stats(r))  # the top values in the paper's form
         files = out.commit()
     out.release()
@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the family's fastest exact one on this device (see the registry)")
     m.add_argument("--packing", default=measure["packing"], choices=["auto", "on", "off"],
                    help="auto: one packed row per batch where that is exact (CUDA), else padded; on: pack or stop; off: padded")
+    m.add_argument("--compile", default=measure["compile"], choices=["auto", "on", "off"],
+                   help="each decoder layer compiled (torch.compile, dynamic shapes; hooks between the compiled pieces): "
+                        "auto: on CUDA where the family is checked; on: wherever it can; off: eager")
     m.add_argument("--calibration", action="store_true",
                    help="record every linear layer's input statistics (linear_inputs.safetensors), the data of --export")
     m.add_argument("--export", metavar="LIST", help="calibration files to write: smoothquant,imatrix,input_scales,awq (comma-separated)")

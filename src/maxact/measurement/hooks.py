@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 import torch
 
 from maxact import points
+from maxact.measurement import compiled as compiled_mod
 from maxact.measurement import packing as packing_mod
 from maxact.measurement.batching import Batch, PackedBatch, to_device
 from maxact.measurement.statistics import Deferred, PointStats, TokenInfo
@@ -48,6 +49,7 @@ class Measurement:
         topk: int = 100,
         packing: str = "padded",
         linear_inputs: bool = False,
+        compile: bool = False,
     ):
         if packing not in ("padded", "varlen", "block_mask"):
             raise ValueError(f"packing method must be padded, varlen or block_mask, not {packing!r}")
@@ -74,12 +76,16 @@ class Measurement:
         self._unknown: dict = {}
         # The attention (and Gated DeltaNet conv) of a varlen forward switched while the hooks are on (packing.packed_forward).
         self.linear_inputs = None
+        # measure.compile: each decoder layer compiled (maxact.measurement.compiled), every hook behind a graph break.
+        self.compiled = bool(compile)
+        self._regional = None
         self._packed_forward = packing_mod.packed_forward(self.backbone, self.family, packing)
         self._packed_forward.__enter__()
         try:
             self._register()
             if linear_inputs:
                 self._register_linear_inputs()
+            self._regional = compiled_mod.RegionalCompile([lp.layer for lp in self.layers], self.compiled).__enter__()
         except BaseException:
             self.remove()
             raise
@@ -135,6 +141,7 @@ class Measurement:
         )
 
     def _hook(self, module, fn: Callable, pre: bool = False):
+        fn = compiled_mod.hook(fn, self.compiled)
         if pre:
             h = module.register_forward_pre_hook(fn, with_kwargs=True)
         else:
@@ -245,7 +252,8 @@ class Measurement:
                 if mod is not None and isinstance(getattr(mod, "gate_up_proj", None), torch.nn.Parameter):
                     experts.append((mod, lp.num_experts or int(mod.gate_up_proj.shape[0]),
                                     getattr(getattr(mod, "config", None), "_experts_implementation", None)))
-        self.linear_inputs = LinearInputs(self.backbone, names, lambda x: self._info_for(x).valid.reshape(-1), experts)
+        self.linear_inputs = LinearInputs(self.backbone, names, lambda x: self._info_for(x).valid.reshape(-1), experts,
+                                          compiled=self.compiled)
 
     def _rows_on(self, device) -> torch.Tensor:
         rows = self._packed_rows
@@ -256,7 +264,14 @@ class Measurement:
             self._moved[key] = rows.to(device)
         return self._moved[key]
 
+    def compile_report(self) -> dict:
+        """What the regional compilation did so far (``{"compiled": False}`` when the layers run eager)."""
+        return self._regional.report() if self._regional is not None else {"compiled": False}
+
     def remove(self) -> None:
+        if self._regional is not None:
+            self._regional.__exit__(None, None, None)  # the layers' eager call back
+            self._regional = None
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -144,8 +144,13 @@ class LinearInputs:
     ``valid_for(x)`` gives the token rows of an activation that are real (the measurement's token facts).
     """
 
-    def __init__(self, backbone: torch.nn.Module, names: dict[torch.nn.Module, str], valid_for, expert_modules=()):
-        """``expert_modules``: (fused experts module, number of experts, its experts implementation)."""
+    def __init__(self, backbone: torch.nn.Module, names: dict[torch.nn.Module, str], valid_for, expert_modules=(),
+                 compiled: bool = False):
+        """``expert_modules``: (fused experts module, number of experts, its experts implementation); ``compiled``:
+        the layers run compiled, so every recording runs behind a graph break (maxact.measurement.compiled)."""
+        from maxact.measurement.compiled import hook as wrap
+
+        self._wrap = lambda fn: wrap(fn, compiled)
         self.stats: dict[str, ChannelStats] = {}
         self.experts: dict[str, ChannelStats] = {}  # keyed "<experts module>.gate_up_proj" / ".down_proj"
         self.not_recorded: dict[str, str] = {}  # fused weight -> why its input has no record
@@ -159,11 +164,12 @@ class LinearInputs:
         self._pending: list = []  # (stats dict, name, shape, partial): committed with the batch (flush)
         for mod in backbone.modules():
             if isinstance(mod, torch.nn.Linear) and mod in names:
-                self._handles.append(mod.register_forward_pre_hook(self._linear_hook(names[mod])))
+                self._handles.append(mod.register_forward_pre_hook(self._wrap(self._linear_hook(names[mod]))))
         try:
             for mod, n_experts, implementation in expert_modules:
                 name = names[mod]
-                self._handles.append(mod.register_forward_pre_hook(self._expert_hook(mod, name, n_experts), with_kwargs=True))
+                self._handles.append(mod.register_forward_pre_hook(self._wrap(self._expert_hook(mod, name, n_experts)),
+                                                                   with_kwargs=True))
                 order = GATE_ROW_ORDER.get(implementation)
                 if order is None or not hasattr(mod, "_apply_gate"):
                     self.not_recorded[f"{name}.down_proj"] = (
@@ -208,8 +214,7 @@ class LinearInputs:
         apply_gate = mod._apply_gate
         before = mod.__dict__.get("_apply_gate")  # an instance attribute someone else set, restored by remove()
 
-        def gated(gate_up: torch.Tensor) -> torch.Tensor:
-            out = apply_gate(gate_up)
+        def record(out: torch.Tensor) -> None:
             ids = self._routes[mod].reshape(-1)
             if order == "sorted":
                 ids = torch.sort(ids).values
@@ -220,6 +225,12 @@ class LinearInputs:
                                    "measure.linear_inputs/exports, or load the model with experts_implementation='grouped_mm'")
             part = routed_partial(o2, ids, n_experts, presorted=order == "sorted")
             self._pending.append((self.experts, key, (n_experts, o2.shape[-1]), part))
+
+        record = self._wrap(record)  # the gate itself stays in the compiled graph; the recording does not
+
+        def gated(gate_up: torch.Tensor) -> torch.Tensor:
+            out = apply_gate(gate_up)
+            record(out)
             return out
 
         mod._apply_gate = gated

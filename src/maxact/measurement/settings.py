@@ -19,6 +19,7 @@ PAPER_FULL_KINDS = ("embedding", "hidden", "attn", "mlp", "final_norm")
 _RANGED = {"batch_size": "runtime", "max_batch_tokens": "runtime", "checkpoint_every": "runtime", "shards": "runtime",
            "max_samples": "measure", "topk": "measure"}
 _CHOICES = {"dtype": "runtime", "attn_implementation": "runtime", "full_stats": "measure", "packing": "measure",
+            "compile": "measure",
             "fill_uncovered": "measure"}
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -44,6 +45,7 @@ class MeasureSettings:
     topk: int = _default("measure", "topk")
     full_stats: str = _default("measure", "full_stats")
     packing: str = _default("measure", "packing")
+    compile: str = _default("measure", "compile")
     linear_inputs: bool = _default("measure", "linear_inputs")
     exports: tuple = _default("measure", "exports")
     fill_uncovered: str = _default("measure", "fill_uncovered")
@@ -61,8 +63,9 @@ class MeasureSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"unknown measurement setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if isinstance(values.get("packing"), bool):  # YAML 1.1 reads a bare on/off as a boolean
-            values["packing"] = "on" if values["packing"] else "off"
+        for key in ("packing", "compile"):
+            if isinstance(values.get(key), bool):  # YAML 1.1 reads a bare on/off as a boolean
+                values[key] = "on" if values[key] else "off"
         if values.get("exports") is not None:
             values["exports"] = tuple(values["exports"])
         s = cls(**{k: v for k, v in values.items() if v is not None})

@@ -83,6 +83,19 @@ _RECURRENT_PADDED = Packing(varlen=False, block_mask=False, why_not=(
 
 
 @dataclass(frozen=True)
+class Compile:
+    """Regional compilation (each decoder layer once, ``torch.compile(dynamic=True)``) for this family.
+
+    ``checked``: device types on which compiled and eager measurements were checked to agree within the stated
+    bounds, and the compiled one faster: ``measure.compile: auto`` compiles there only. ``why_not``: what stops the
+    family compiling at all (then ``on`` is refused and ``auto`` runs eager, with this reason recorded).
+    """
+
+    checked: tuple[str, ...] = ()
+    why_not: str = ""
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]
@@ -104,6 +117,7 @@ class Family:
     fp16_unsafe: bool = False
     remote_code: bool = False
     packing: Packing = Packing()
+    compile: Compile = Compile()
     notes: str = ""
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from maxact.errors import InputError
 from maxact.io import atomic_save, write_json
 from maxact.measurement import kernels as statistics_kernels
 from maxact.measurement.batching import make_batches, run_batches
+from maxact.measurement.compiled import resolve_compile, use_cache_dir
 from maxact.measurement.hooks import Measurement
 from maxact.measurement.packing import resolve_packing
 from maxact.measurement.resume import ResumeFile
@@ -57,6 +59,7 @@ def measure_checkpoint(
     write_exports: bool = False,
     resume_dir: str | Path | None = None,
     shard: Shard | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """Measure one checkpoint into ``out_dir``. With linear inputs recorded (``measure.linear_inputs`` or
     ``exports``) their statistics go to ``linear_inputs.safetensors``; ``write_exports`` also writes the
@@ -64,7 +67,8 @@ def measure_checkpoint(
     The partial state for resuming (``checkpoint_every``) is kept in ``resume_dir`` (default ``out_dir``).
 
     With ``shard`` (K of N) only that slice of the batch plan is measured (:mod:`maxact.measurement.shards`): the
-    folder holds a valid result over that part of the corpus and the shard's mergeable state (``maxact merge``)."""
+    folder holds a valid result over that part of the corpus and the shard's mergeable state (``maxact merge``).
+    ``cache_dir``: the study's cache folder, where compiled kernels are kept (``measure.compile``)."""
     s = MeasureSettings.of(settings)
     out_dir = Path(out_dir)
     corpus_sha256 = corpus_sha256 or token_meta.get("corpus_sha256")
@@ -128,8 +132,13 @@ def measure_checkpoint(
                     "empty part; use at most %d shards)", shard.label, prepared.get("name"), len(batches), shard.count,
                     len(batches))
     batches = batches[first:last]
+    compiled, not_compiled_why = resolve_compile(fam, s.compile, device.type)
+    if not_compiled_why and s.compile == "auto":
+        log.info("%s: eager forward (%s)", prepared["name"], not_compiled_why)
+    if compiled and cache_dir is not None:
+        use_cache_dir(cache_dir)
     meas = Measurement(model, len(samples), device, topk=int(s.topk), full_kinds=s.full_kinds(), packing=packing,
-                       linear_inputs=s.records_linear_inputs)
+                       linear_inputs=s.records_linear_inputs, compile=compiled)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     text_cfg = getattr(model.config, "text_config", None) or model.config
@@ -138,7 +147,7 @@ def measure_checkpoint(
                 "source": prepared.get("source"), "random_seed": prepared.get("random_seed"), "gguf": prepared.get("gguf"),
                 "corpus_sha256": corpus_sha256, "tokenizer_sha256": fp,
                 "dtype": dtype, "device_type": device.type, "attn_implementation": s.attn_implementation,
-                "full_stats": s.full_stats, "topk": s.topk, "packing": packing,
+                "full_stats": s.full_stats, "topk": s.topk, "packing": packing, "compiled": compiled,
                 # the token ids themselves (a tokenization setting changes them, and with them every statistic)
                 "tokens_sha256": _tokens_digest(sample_ids, samples), "max_seq_len": token_meta.get("max_seq_len"),
                 "add_special_tokens": token_meta.get("add_special_tokens"),
@@ -162,6 +171,7 @@ def measure_checkpoint(
         result_core = assemble_result(meas, sample_ids, decode=lambda i: tok.decode([i]), host=host)
         per_sample = per_sample_table(meas, sample_ids, host=host)
         kernels = kernels_used(model)  # while the hooks are on: the attention the batches ran with
+        compile_facts = meas.compile_report()
         li = meas.linear_inputs
         linear = (li.stats, li.experts, li.not_recorded) if li is not None else None
         state = meas.state() if shard else None
@@ -211,6 +221,8 @@ def measure_checkpoint(
             "packing": {"setting": s.packing, "method": packing, "why_padded": not_packed_why or None,
                         **({"attention": packed_attention.describe(fam.packing.kernel)} if packing == "varlen" else {}),
                         "batches": len(plan), "batches_over_token_cap": over_cap},
+            "compile": {"setting": s.compile, "why_eager": not_compiled_why or None, **compile_facts,
+                        "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR") if compiled else None},
             "environment": provenance.environment(),
             "timestamp": provenance.timestamp(),
             "durations": {"load_seconds": round(load_seconds, 3), "measure_seconds": round(run["seconds"], 3)},
