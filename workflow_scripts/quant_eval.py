@@ -16,7 +16,8 @@ with rule_logging(snakemake) as log:
     strict = q.pop("enabled", "auto") is True
     doc = quant_eval_checkpoint(read_json(snakemake.input.prepared), Path(snakemake.input.calibration).parent,
                                 read_json(snakemake.input.stats), list(tokens["sample_id"]), dict(snakemake.params.corpus),
-                                snakemake.params.resources_dir, q, settings=snakemake.config.get("runtime", {}),
+                                snakemake.params.resources_dir, q,
+                                settings={**snakemake.config.get("runtime", {}), "gpus": int(snakemake.resources.gpu)},
                                 add_special_tokens=bool(snakemake.params.add_special_tokens), llama_cpp=llama, strict=strict)
     log.info("%s: %s", snakemake.wildcards.ckpt, doc["verdict_line"])
     lc = doc.get("llama_cpp") or {}

@@ -260,9 +260,12 @@ def cmd_quant_eval(a) -> int:
     llama = {"enabled": {"auto": "auto", "on": True, "off": False}[a.llama_cpp], "tools": a.llama_cpp_tools or "auto",
              "cache_dir": a.cache_dir, **({"types": a.llama_cpp_types.split(",")} if a.llama_cpp_types else {"types": ["Q4_K_M", "IQ4_XS", "IQ3_XXS"]})}
     out = Path(a.json) if a.json else d / "quant_eval.json"
-    doc = quant_eval_checkpoint(read_json(d / "prepared.json"), d, read_json(d / "activation_stats.json"), measured,
+    result = read_json(d / "activation_stats.json")
+    special = bool(((result.get("provenance") or {}).get("tokenization") or {}).get("add_special_tokens"))  # as measured
+    doc = quant_eval_checkpoint(read_json(d / "prepared.json"), d, result, measured,
                                 {"source": a.corpus_source}, Path(__file__).resolve().parents[2] / "resources", q,
-                                settings={"device": a.device, "dtype": a.dtype}, llama_cpp=llama, heldout=heldout)
+                                settings={"device": a.device, "dtype": a.dtype}, llama_cpp=llama, heldout=heldout,
+                                add_special_tokens=special)
     write_json(out, doc)
     if out.parent.resolve() == d.resolve():  # derived from these results: replaced results take it with them
         from maxact.outdir import register_derived

@@ -228,3 +228,38 @@ def test_format_table_and_names():
     assert set(FORMATS) == {"fp8_static", "int8_static", "int8_dynamic", "fp8_dynamic", "smoothquant_w8a8"}
     assert short_module("model.layers.11.mlp.down_proj") == "layer_11 mlp.down_proj"
     assert short_module("lm_head") == "lm_head"
+
+
+def test_a_2d_input_keeps_per_token_scales(llama, tmp_path):
+    """MoE shared experts call their projections on hidden_states.view(-1, H): a 2-d input. compressed-tensors'
+    per-token scales reduce the last dimension of a 3-d input only; applied() feeds a 2-d one as a batch of one,
+    so each row still gets its own scale (one huge row does not flatten the others)."""
+    names, _ = _calibration(llama, tmp_path, seed=13)
+    m = dict(llama.named_modules())[names[0]]
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, m.in_features, generator=g)
+    x[0] *= 1000.0
+    with applied(llama, "int8_dynamic", names, tmp_path), torch.no_grad():
+        got = m(x).double()
+        assert got.shape == (4, m.out_features)
+        want = _direct("int8_dynamic", x, m.weight.detach(), None)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    rows = ((got - x.double() @ m.weight.detach().double().T).norm(dim=-1) / want.norm(dim=-1))
+    assert float(rows[1:].max()) < 0.1  # per-tensor scales would zero these rows (relative error 1)
+
+
+def test_the_norm_probe_holds_in_bfloat16(tmp_path):
+    from tiny_models import tiny_model
+
+    model = tiny_model("llama", seed=2, dtype=torch.bfloat16)
+    names, _ = _calibration(model, tmp_path, seed=17)
+    with applied(model, "smoothquant_w8a8", names, tmp_path, quantize=False) as ap:
+        assert ap.smoothing["smooth_layer_output_scales"] is True
+
+
+def test_a_non_finite_result_gets_no_verdict_of_degree():
+    from maxact.stages.quant_eval import verdict
+
+    v = verdict({"format": "int8_static", "status": "measured", "delta_nll_per_token": float("nan")}, 0.05, 0.5)
+    assert v["level"] == "not finite"
+    assert verdict({"format": "fp8_static", "status": "measured", "delta_nll_per_token": 0.01}, 0.05, 0.5)["level"] == "safe"

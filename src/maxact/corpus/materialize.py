@@ -311,7 +311,7 @@ def heldout_records(corpus_cfg: dict, resources_dir, exclude_ids, n: int, seed: 
     exclude = {str(i) for i in exclude_ids}
     pool = [r for r in recs if str(r["id"]) not in exclude]
     info = {"source": cfg.get("source") or "default", "source_sha256": sha, "pool": len(pool), "excluded": len(exclude),
-            "drawn_from_extended": 0}
+            "measured_ids_in_source": len(recs) - len(pool), "drawn_from_extended": 0}
     out = proportional_subset(pool, min(n, len(pool)), int(seed), repeat=1)
     if len(out) < n and info["source"] == "default":
         ext, _, _ = _from_extended(cfg, resources_dir)

@@ -90,7 +90,8 @@ def evaluate(model: torch.nn.Module, samples: list[list[int]], formats: list[str
     status: dict[str, dict] = {f: {"status": "measured"} for f in ["unquantized", *formats]}
     smoothing: dict = {}
     n_pred = n_pos = 0
-    thresholds = {f: {n: torch.tensor(a[n], device=device, dtype=torch.float32) for n in module_names if n in a} for f, a in amax.items()}
+    # Python floats: compared on whatever device a layer sits (a model split over GPUs)
+    thresholds = {f: {n: float(a[n]) for n in module_names if n in a} for f, a in amax.items()}
 
     for si, sample in enumerate(samples):
         ids = torch.tensor([sample], device=device)
@@ -170,7 +171,8 @@ def evaluate(model: torch.nn.Module, samples: list[list[int]], formats: list[str
             def q_hook(name, local=local):
                 def hook(m, args, out):
                     y = torch.nn.Linear.forward(m, args[0]).double()  # the unquantized layer on the same input
-                    e2 = (out.double() - y).pow(2).sum(-1)
+                    y = y.reshape(-1, y.shape[-1])
+                    e2 = (out.double().reshape(y.shape) - y).pow(2).sum(-1)
                     r2 = y.pow(2).sum(-1)
                     local.add(f"err2:{name}", e2.sum())
                     local.add(f"ref2:{name}", r2.sum())

@@ -72,8 +72,9 @@ class QuantEvalError(InputError):
     pass
 
 
-def scheme(fmt: str):
-    """The compressed-tensors QuantizationScheme of a format (targets filled in by :func:`applied`)."""
+def scheme(fmt: str, targets=None):
+    """The compressed-tensors QuantizationScheme of a format, on ``targets`` (module names; matched exactly, so a
+    subclass of nn.Linear is not missed by a class-name target)."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, QuantizationStrategy, QuantizationType
     from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 
@@ -89,7 +90,7 @@ def scheme(fmt: str):
                                                         symmetric=True, dynamic=False)}
     else:
         raise QuantEvalError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    return QuantizationScheme(targets=["Linear"], **{k: v.model_copy(deep=True) for k, v in preset.items()})
+    return QuantizationScheme(targets=list(targets or ["Linear"]), **{k: v.model_copy(deep=True) for k, v in preset.items()})
 
 
 def read_scale_names(path: Path) -> list[str]:
@@ -140,7 +141,7 @@ def _remove(module: torch.nn.Module) -> None:
     for p in _QPARAMS:
         if p in module._parameters:
             del module._parameters[p]
-    for a in ("quantization_scheme", "quantization_status", "quantization_enabled"):
+    for a in ("quantization_scheme", "quantization_status", "quantization_enabled", "_maxact_2d"):
         module.__dict__.pop(a, None)
     module.__dict__.pop("forward", None)  # set_forward_quantized binds an instance forward
 
@@ -158,6 +159,22 @@ def _scale_folder(file: Path, names: list[str]) -> tempfile.TemporaryDirectory:
     index = {"metadata": {"source": str(file)}, "weight_map": {f"{n}.input_scale": file.name for n in names}}
     (Path(d.name) / "model.safetensors.index.json").write_text(json.dumps(index))
     return d
+
+
+def _as_batch(m, args):
+    """compressed-tensors' per-token scales reduce the last dimension of a [batch, tokens, features] input only; a
+    2-d input (MoE shared experts are called on hidden_states.view(-1, H)) would get one scale for all its rows."""
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 2:
+        m._maxact_2d = True
+        return (args[0].unsqueeze(0), *args[1:])
+    m._maxact_2d = False
+    return None
+
+
+def _from_batch(m, args, out):
+    if m.__dict__.pop("_maxact_2d", False) and isinstance(out, torch.Tensor) and out.dim() == 3:
+        return out.squeeze(0)
+    return None
 
 
 @dataclass
@@ -181,7 +198,7 @@ def applied(model: torch.nn.Module, fmt: str, module_names: list[str], calib_dir
         raise QuantEvalError(f"the calibration files name modules this model does not have ({missing[:3]}); they were "
                              "written for another checkpoint: rerun its calibration")
     modules = {n: named[n] for n in module_names}
-    smoothing, saved = None, {}
+    smoothing, saved, handles = None, {}, []
     file = FORMATS[fmt][1]
     if file is not None and calib_dir is not None and not (Path(calib_dir) / file).is_file():
         raise QuantEvalError(f"{fmt} reads {Path(calib_dir) / file}, which is missing: add {EXPORT_OF[file]} to measure.exports "
@@ -192,8 +209,16 @@ def applied(model: torch.nn.Module, fmt: str, module_names: list[str], calib_dir
         if not quantize:
             yield Applied(fmt, {}, smoothing)
             return
-        config = QuantizationConfig(config_groups={"group_0": scheme(fmt)}, quantization_status=QuantizationStatus.FROZEN, ignore=[])
+        config = QuantizationConfig(config_groups={"group_0": scheme(fmt, list(modules))}, quantization_status=QuantizationStatus.FROZEN,
+                                    ignore=[])
         apply_quantization_config(model, config, show_progress=False, allowed_modules=list(modules.values()))
+        missed = [n for n, m in modules.items() if getattr(m, "quantization_scheme", None) is None]
+        if missed:
+            raise QuantEvalError(f"compressed-tensors did not take {len(missed)} calibrated layer(s) ({missed[:3]}): "
+                                 "they are not nn.Linear modules it quantizes")
+        for m in modules.values():  # a 2-d input [tokens, features] as one batch: per-token scales stay per token
+            handles.append(m.register_forward_pre_hook(_as_batch))
+            handles.append(m.register_forward_hook(_from_batch))
         for m in modules.values():
             _weight_qparams(m)
         if fmt in STATIC:
@@ -201,6 +226,8 @@ def applied(model: torch.nn.Module, fmt: str, module_names: list[str], calib_dir
                 load_pretrained_quantization_parameters(model, folder)
         yield Applied(fmt, modules, smoothing)
     finally:
+        for h in handles:
+            h.remove()
         for m in modules.values():
             _remove(m)
         with torch.no_grad():
@@ -257,26 +284,35 @@ def smooth(model: torch.nn.Module, act_scales: dict, alpha: float) -> tuple[dict
                 if isinstance(p, torch.nn.Parameter) and id(p) in pnames:
                     touched[pnames[id(p)]] = (p, p.detach().clone())
     # Does the smoothed layer's output scale with its weight (y / s)? Not for a norm that multiplies by 1 + weight.
+    # Probed on a float32 copy of the layer (bf16 output rounding would blur the ratio).
+    import copy
+
     probe_map = next(mp for mp in mod.resolved_mappings_ if mp.smooth_name in mod.scales_)
     w = probe_map.smooth_layer.weight
-    x = torch.randn(4, w.shape[-1], generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
+    x = torch.randn(4, w.shape[-1], generator=torch.Generator().manual_seed(0)).to(w.device, torch.float32)
     with torch.no_grad():
-        y0 = probe_map.smooth_layer(x).float()
-    with _loguru_quiet():
-        mod._apply_smoothing(model)
-    with torch.no_grad():
-        y1 = probe_map.smooth_layer(x).float()
-    w_old = touched[pnames[id(w)]][1].float()
-    ok = (y1.abs() > 1e-6) & (w.detach().float().abs() > 1e-12)
-    s_applied = w_old / w.detach().float().where(w.detach().float().abs() > 1e-12, torch.ones_like(w_old))  # the norm's weight / s
-    rel = ((y0 / y1.where(ok, torch.ones_like(y1))) / s_applied - 1).abs()
-    spread = float(rel[ok].median()) if bool(ok.any()) else float("inf")
-    n_changed = sum(not torch.equal(p.detach(), orig) for p, orig in touched.values())
+        y0 = copy.deepcopy(probe_map.smooth_layer).float()(x)
+    try:
+        with _loguru_quiet():
+            mod._apply_smoothing(model)
+        with torch.no_grad():
+            y1 = copy.deepcopy(probe_map.smooth_layer).float()(x)
+            w_old, w_new = touched[pnames[id(w)]][1].float(), w.detach().float()
+            ok = (y1.abs() > 1e-6) & (w_new.abs() > 1e-12)
+            s_applied = w_old / w_new.where(w_new.abs() > 1e-12, torch.ones_like(w_old))  # the norm's weight / s
+            rel = ((y0 / y1.where(ok, torch.ones_like(y1))) / s_applied - 1).abs()
+            spread = float(rel[ok].median()) if bool(ok.any()) else float("inf")
+        n_changed = sum(not torch.equal(p.detach(), orig) for p, orig in touched.values())
+    except BaseException:  # nothing half-smoothed stays on the model
+        with torch.no_grad():
+            for p, orig in touched.values():
+                p.copy_(orig.to(p.device))
+        raise
     report = {"implementation": "llmcompressor SmoothQuantModifier (mappings + _apply_smoothing), maxact's act_scales.pt",
               "alpha": float(alpha), "mappings": len(used), "mappings_without_scales": lacking,
               "architecture": type(model).__name__, "mapping_list": used,
               "tensors_changed": n_changed, "tensors_in_mappings": len(touched),
-              "smooth_layer_output_scales": spread < 1e-3, "smooth_layer_checked": probe_map.smooth_name,
+              "smooth_layer_output_scales": spread < 1e-4, "smooth_layer_checked": probe_map.smooth_name,
               "smooth_layer_class": type(probe_map.smooth_layer).__name__}
     return report, touched
 
@@ -320,3 +356,14 @@ def fingerprint(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
 
 def changed(before: dict, after: dict) -> list[str]:
     return sorted(n for n in before if before[n] != after.get(n))
+
+
+def smoothquant_available() -> str | None:
+    """None where llm-compressor's SmoothQuant imports, else why not (checked before any model is loaded)."""
+    try:
+        with _loguru_quiet():
+            import llmcompressor.modifiers.transform.smoothquant  # noqa: F401
+    except ImportError as e:
+        return (f"llm-compressor's SmoothQuant does not import here ({e}): ./install.sh installs it (pip install --no-deps "
+                "llmcompressor at the version of constraints.txt)")
+    return None

@@ -15,6 +15,7 @@ input.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -22,13 +23,14 @@ import pandas as pd
 
 from maxact import provenance
 from maxact.corpus.materialize import heldout_records
-from maxact.corpus.tokenization import tokenize_records, truncation_summary
+from maxact.corpus.tokenization import tokenize_records, tokenizer_fingerprint, truncation_summary
 from maxact.errors import InputError
+from maxact.io import sha256_file
 from maxact.measurement.settings import MeasureSettings
 from maxact.models.checkpoints import load_tokenizer
 from maxact.models.kernels_used import kernels_used
 from maxact.quant.evaluate import evaluate
-from maxact.quant.formats import EXPORT_OF, FORMATS, LABELS, STATIC, read_amax, read_scale_names, short_module
+from maxact.quant.formats import EXPORT_OF, FORMATS, LABELS, STATIC, read_amax, read_scale_names, short_module, smoothquant_available
 from maxact.stages.loading import load
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ def verdict(entry: dict, safe: float, breaks: float) -> dict:
         level = "not covered" if entry.get("status") == "not_covered" else "not run"
         return {"level": level, "text": f"{label}: {level} ({entry.get('reason')})"}
     d = entry["delta_nll_per_token"]
+    if not math.isfinite(d):
+        return {"level": "not finite", "text": f"{label}: not finite (ΔNLL {d}): the quantized forward overflowed or gave NaN"}
     level = "safe" if d <= safe else "breaks" if d >= breaks else "degrades"
     text = f"{label}: {level}" + ("" if level == "safe" else f" (ΔNLL {d:+.3g})")
     if level != "safe" and entry.get("worst_modules"):
@@ -88,6 +92,11 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
                 raise InputError(f"quant_eval format {f} {why}")
             unavailable[f] = why
             log.warning("%s: quant_eval: %s not run: it %s", prepared["name"], f, why)
+    if "smoothquant_w8a8" in formats and "smoothquant_w8a8" not in unavailable and (why := smoothquant_available()):
+        if strict:
+            raise InputError(f"quant_eval format smoothquant_w8a8: {why}")
+        unavailable["smoothquant_w8a8"] = why
+        log.warning("%s: quant_eval: smoothquant_w8a8 not run: %s", prepared["name"], why)
     formats = [f for f in formats if f not in unavailable]
     # The modules quantized: the ones maxact calibrated (every input-scale file names the same set).
     names_file = next((calib_dir / FORMATS[f][1] for f in STATIC if (calib_dir / FORMATS[f][1]).is_file()),
@@ -109,6 +118,10 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
         records, pool = list(heldout), {"source": "given texts", "pool": len(heldout), "excluded": len(seen), "drawn_from_extended": 0}
     else:
         records, pool = heldout_records(corpus_cfg, resources_dir, measured_ids, int(q["n_samples"]), int(q["seed"]))
+        if pool.get("measured_ids_in_source", 1) == 0:
+            log.warning("%s: quant_eval: none of the %d measured sample ids is an id of the corpus source %r, so held-out "
+                        "samples are excluded by id only and a measured text that is also in the corpus could be drawn; "
+                        "give the held-out texts with --texts", prepared["name"], len(set(map(str, measured_ids))), pool["source"])
     df = tokenize_records(records, tok, int(q["max_tokens"]), add_special_tokens)
     trunc = truncation_summary(df, int(q["max_tokens"]))
     if trunc["samples"]:
@@ -116,13 +129,17 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
                     prepared["name"], trunc["samples"], int(q["max_tokens"]), trunc.get("tokens_dropped", 0))
     samples = [list(map(int, x)) for x in df["input_ids"]]
     s = MeasureSettings.of(settings)
-    loaded = load(prepared, s, check=False)
+    loaded = load(prepared, s)  # the measurement's dtype checks too (float16 refused where the family overflows it)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     ev = evaluate(loaded.model, samples, formats, module_names, calib_dir, alpha=float(q["smoothquant_alpha"]))
     t_eval = time.perf_counter() - t1
     for f, why in unavailable.items():
         ev["formats"][f] = {"format": f, "description": FORMATS[f][0], "status": "unavailable", "reason": why}
+    fused = [n for n, p in loaded.model.named_parameters() if p.dim() == 3 and n.rsplit(".", 1)[-1] in ("gate_up_proj", "down_proj")]
+    not_quantized = (f"{len(fused)} fused MoE expert weights are not nn.Linear layers and stay in "
+                     f"{str(loaded.dtype).replace('torch.', '')}: only the {len(module_names)} calibrated linear layers are quantized"
+                     if fused else None)
     verdicts = {f: verdict(e, float(q["safe_delta_nll"]), float(q["breaks_delta_nll"])) for f, e in ev["formats"].items()
                 if f != "unquantized"}
     for f, e in ev["formats"].items():
@@ -135,7 +152,8 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
         "global_max_location": result.get("global_max_location"),
         "largest_linear_input": {"module": cal_max[0], "max_abs": cal_max[1]},
         **ev,
-        "verdict_line": "; ".join(v["text"] for v in verdicts.values()),
+        "verdict_line": "; ".join(v["text"] for v in verdicts.values()) + (f" ({not_quantized})" if not_quantized else ""),
+        "not_quantized": not_quantized,
         "heldout": {"sample_ids": [str(x) for x in df["sample_id"]],
                     "categories": {str(k): int(v) for k, v in pd.Series(df["category"]).fillna("none").value_counts().sort_index().items()},
                     "tokens": int(df["n_tokens"].sum()), "max_tokens": int(q["max_tokens"]), "truncation": trunc,
@@ -146,7 +164,11 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
         "seconds": {"load": round(t_load, 3), "evaluate": round(t_eval, 3)},
         "settings": {k: q[k] for k in DEFAULTS},
         "provenance": {
-            "model_id": prepared.get("model_id"), "revision": prepared.get("revision"),
+            "model_id": prepared.get("model_id"), "revision": prepared.get("revision"), "source": prepared.get("source"),
+            "weights_note": prepared.get("weights_note"), "gguf": prepared.get("gguf"), "random_seed": prepared.get("random_seed"),
+            "tokenizer_sha256": tokenizer_fingerprint(tok),
+            "calibration_files_sha256": {f: sha256_file(calib_dir / f) for f in sorted({FORMATS[x][1] for x in formats if FORMATS[x][1]})
+                                         if (calib_dir / f).is_file()},
             "resolved_revision": (result.get("provenance") or {}).get("resolved_revision"),
             "corpus_sha256": (result.get("provenance") or {}).get("corpus_sha256"),
             "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
@@ -158,7 +180,8 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
     if llama_cpp is not None:
         from maxact.quant.llama_cpp import llama_cpp_eval
 
-        doc["llama_cpp"] = llama_cpp_eval(prepared, calib_dir, [r["text"] for r in records], llama_cpp)
+        # the same text the PyTorch formats were scored on: each held-out sample as cut to max_tokens
+        doc["llama_cpp"] = llama_cpp_eval(prepared, calib_dir, [tok.decode(x) for x in samples], llama_cpp)
     return doc
 
 
