@@ -25,7 +25,6 @@ from maxact import provenance
 from maxact.corpus.materialize import heldout_records
 from maxact.corpus.tokenization import tokenize_records, tokenizer_fingerprint, truncation_summary
 from maxact.errors import InputError
-from maxact.io import sha256_file
 from maxact.measurement.settings import MeasureSettings
 from maxact.models.checkpoints import load_tokenizer
 from maxact.models.kernels_used import kernels_used
@@ -167,8 +166,9 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
             "model_id": prepared.get("model_id"), "revision": prepared.get("revision"), "source": prepared.get("source"),
             "weights_note": prepared.get("weights_note"), "gguf": prepared.get("gguf"), "random_seed": prepared.get("random_seed"),
             "tokenizer_sha256": tokenizer_fingerprint(tok),
-            "calibration_files_sha256": {f: sha256_file(calib_dir / f) for f in sorted({FORMATS[x][1] for x in formats if FORMATS[x][1]})
-                                         if (calib_dir / f).is_file()},
+            # the scales' content (the files' metadata holds run facts such as times, which differ run to run)
+            "calibration_scales_sha256": {f: _scales_digest(calib_dir / f)
+                                          for f in sorted({FORMATS[x][1] for x in formats if FORMATS[x][1]}) if (calib_dir / f).is_file()},
             "resolved_revision": (result.get("provenance") or {}).get("resolved_revision"),
             "corpus_sha256": (result.get("provenance") or {}).get("corpus_sha256"),
             "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
@@ -183,6 +183,26 @@ def quant_eval_checkpoint(prepared: dict, calib_dir: Path, result: dict, measure
         # the same text the PyTorch formats were scored on: each held-out sample as cut to max_tokens
         doc["llama_cpp"] = llama_cpp_eval(prepared, calib_dir, [tok.decode(x) for x in samples], llama_cpp)
     return doc
+
+
+def _scales_digest(path: Path) -> str:
+    """sha256 over a calibration file's tensors (names, dtypes, shapes and values, in name order)."""
+    import hashlib
+
+    import torch
+
+    if path.suffix == ".pt":
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _quant_libraries() -> dict:
