@@ -11,6 +11,11 @@ the ratios and the memory ratio per family, and a table at the end.
 
     python benchmarks/families.py                      # every family (about 10 minutes on one H200)
     python benchmarks/families.py --checkpoints Qwen3-8B gemma-2-9b --repeats 3
+    python benchmarks/families.py --compiled --layers 4  # also the compiled paths (measure.compile), 4 layers each
+
+``--compiled`` adds the compiled bare forward and the compiled measurement (goal: at least 1.2x the family's eager
+packed measurement). ``--layers N`` keeps each checkpoint's first N decoder layers (its shape otherwise; hybrid
+layer patterns cut with them): the per-layer cost ratios at a fraction of the time.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dic
     from maxact.stages.loading import load_for_measurement
 
     t0 = time.perf_counter()
+    if a.layers:
+        entry = {**entry, "config_overrides": fewer_layers(entry.get("config_overrides") or {}, a.layers)}
     man = prepare_checkpoint(entry, cache)
     dtype = resolve_dtype("auto", dev)  # bf16 on the GPU, as the measure rule
     model, fam = load_for_measurement(man, dtype, MeasureSettings.of({"attn_implementation": a.attn_implementation}), dev)
@@ -80,11 +87,35 @@ def bench_one(entry: dict, cache: Path, dev: torch.device, a, full_kinds) -> dic
            "packing": {"method": method, "why_padded": why or None, "kernel": fam.packing.kernel if method == "varlen" else None},
            "statistics_kernel": statistics_kernel(dev, dtype),
            "samples": len(samples), "mean_len": float(np.mean(lengths)), "build_s": build_s, "warmup_s": warmup_s}
+    res["layers"] = getattr(text, "num_hidden_layers", None)
     res.update(interleaved_paths(model, bb, fam, method, samples, batches, collated, packed, rows, dev, full_kinds,
-                                 a.repeats, label=f"{entry['name']} "))
+                                 a.repeats, label=f"{entry['name']} ", compiled=a.compiled))
+    if a.compiled:
+        from maxact.measurement.compiled import resolve_compile
+
+        res["compile_registry"] = dict(zip(("compiled", "why_not"), resolve_compile(fam, "auto", dev.type)))
     del model, bb
     _free()
     return res
+
+
+def fewer_layers(overrides: dict, n: int) -> dict:
+    """Config overrides keeping the first ``n`` decoder layers (``text_config`` too; per-layer lists cut)."""
+    out = {}
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            out[k] = fewer_layers(v, n)
+        elif k == "num_hidden_layers":
+            out[k] = min(int(v), n)
+        elif k in ("layer_types", "mlp_only_layers") and isinstance(v, list):
+            out[k] = v[:n] if k == "layer_types" else [i for i in v if i < n]
+        else:
+            out[k] = v
+    return out
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _free():
@@ -105,6 +136,8 @@ def main(argv=None):
     ap.add_argument("--attn-implementation", default="auto")
     ap.add_argument("--packing", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--full-stats", default="all", choices=["paper", "all"])
+    ap.add_argument("--compiled", action="store_true", help="also the compiled bare forward and compiled measurement")
+    ap.add_argument("--layers", type=int, help="keep each checkpoint's first N decoder layers")
     ap.add_argument("--out", help="write every figure as JSON here (rewritten after each family)")
     ap.add_argument("--device", default="cuda:0", help="cuda:N (cpu only for a smoke run on a tiny config)")
     a = ap.parse_args(argv)
@@ -139,7 +172,20 @@ def main(argv=None):
         fwd = f"packed, {r['packing'].get('kernel') or 'varlen_attn'}" if r["method"] == "varlen" else f"padded, {r['kernels']['attention']}"
         print(f"| {r['checkpoint']} | {r['family']} | {fwd} | {p['padded_bare']['tok_s']:,.0f} | {p['packed_bare']['tok_s']:,.0f} | "
               f"{p['packed_measured']['tok_s']:,.0f} | {q['packed_measured_vs_padded_bare']:.3f} | "
-              f"{q['packed_measured_vs_packed_bare']:.3f} | {q['memory_packed_measured_vs_packed_bare']:.3f} |")
+              f"{q['packed_measured_vs_packed_bare']:.3f} | {_f(q['memory_packed_measured_vs_packed_bare'])} |")
+    if a.compiled:
+        print("\n| checkpoint | layers | compiled bare tok/s | compiled measured tok/s | compiled measured / eager packed measured | "
+              "compiled measured / padded bare | compiled measured / compiled bare | memory compiled measured / packed bare | "
+              "compile + warm-up s |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in results:
+            if "error" in r or "compiled_measured" not in r.get("paths", {}):
+                continue
+            p, q = r["paths"], r["ratios"]
+            print(f"| {r['checkpoint']} | {r['layers']} | {p['compiled_bare']['tok_s']:,.0f} | {p['compiled_measured']['tok_s']:,.0f} | "
+                  f"{q['compiled_measured_vs_packed_measured']:.3f} | {q['compiled_measured_vs_padded_bare']:.3f} | "
+                  f"{q['compiled_measured_vs_compiled_bare']:.3f} | {_f(q['memory_compiled_measured_vs_packed_bare'])} | "
+                  f"{r['compile_warmup_s']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,12 @@ queue or ``snakemake --resources gpu=N`` does with jobs ready at once). Loads sc
 parameters from the benchmark's seconds per billion. Also one checkpoint alone (``--alone``) at ``--alone-scale``
 times the paper's tokens (4: the 20,000-sample corpus).
 
+With ``--compiled`` (a ``families.py --compiled`` run) each family's packed rate is further multiplied by its
+compiled gain (compiled measured / eager packed measured, both of that run) where ``measure.compile: auto`` compiles
+it (the registry's ``Compile.checked`` holds cuda); the others keep their packed rate.
+
     python benchmarks/projection.py
+    python benchmarks/projection.py --compiled benchmarks/measured/<run>/families_compiled.json
     python benchmarks/projection.py --shards-bench benchmarks/measured/<run>/shards_qwen3-8b.json --gpus 8
 """
 
@@ -44,6 +49,9 @@ def main(argv=None):
     ap.add_argument("--packed", nargs="+", default=[str(ROOT / "h200-2026-12-02" / "families_packed_all.json"),
                                                     str(ROOT / "h200-2026-12-02c" / "families_gemma2_flex.json")],
                     help="families.py runs, packed; a checkpoint in a later file replaces its row of an earlier one")
+    ap.add_argument("--compiled", nargs="+", default=[],
+                    help="families.py --compiled runs or throughput.py --compiled results (a later file's checkpoint "
+                         "replaces an earlier one's): the compiled gain per family, where auto compiles")
     ap.add_argument("--shards-bench", help="a benchmarks/shards.py result: project the wall time on --gpus GPUs")
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--alone", default="Qwen2.5-32B-Instruct", help="the checkpoint of the one-checkpoint projection")
@@ -53,9 +61,13 @@ def main(argv=None):
     padded = {r["checkpoint"]: r for r in json.loads(Path(a.padded).read_text())}
     packed = {r["checkpoint"]: r for f in a.packed for r in json.loads(Path(f).read_text())}
     by_name = {r["checkpoint"]: r for r in rehearsal}
-    print("| checkpoint | family forward | rehearsal tok/s | steady padded tok/s | gain | packed tok/s | paper corpus padded (h) | packed (h) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    tot_rehearsal = tot_padded = tot_packed = 0.0
+    compiled = {r["checkpoint"]: r for f in a.compiled for r in _compiled_rows(json.loads(Path(f).read_text()))}
+    head = "| checkpoint | family forward | rehearsal tok/s | steady padded tok/s | gain | packed tok/s | paper corpus padded (h) | packed (h) |"
+    if compiled:
+        head += " compiled gain | compiled tok/s | compiled (h) |"
+    print(head)
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if compiled else ""))
+    tot_rehearsal = tot_padded = tot_packed = tot_compiled = 0.0
     hours: dict[str, tuple[float, float]] = {}  # checkpoint -> (packed seconds of the paper corpus, params in B)
     for r in rehearsal:
         rep = REPRESENTATIVE[r["model_type"]]
@@ -67,14 +79,43 @@ def main(argv=None):
         tot_rehearsal += PAPER_TOKENS / r["tok_s"] / 3600
         tot_padded += h_old
         tot_packed += h_new
-        hours[r["checkpoint"]] = (h_new * 3600, float(r["params_b"]))
         fwd = "packed" if new["method"] == "varlen" else "padded"
-        print(f"| {r['checkpoint']} | {fwd} | {r['tok_s']:,.0f} | {steady:,.0f} | {gain:.2f} | {rate:,.0f} | {h_old:.2f} | {h_new:.2f} |")
+        row = f"| {r['checkpoint']} | {fwd} | {r['tok_s']:,.0f} | {steady:,.0f} | {gain:.2f} | {rate:,.0f} | {h_old:.2f} | {h_new:.2f} |"
+        if compiled:
+            c = compiled.get(rep)
+            cgain = c["ratios"]["compiled_measured_vs_packed_measured"] if c and _auto_compiles(r["model_type"]) else 1.0
+            h_c = PAPER_TOKENS / (rate * cgain) / 3600
+            tot_compiled += h_c
+            row += f" {cgain:.2f} | {rate * cgain:,.0f} | {h_c:.2f} |"
+            h_new = h_c
+        hours[r["checkpoint"]] = (h_new * 3600, float(r["params_b"]))
+        print(row)
     print(f"\nPaper corpus ({PAPER_TOKENS / 1e6:.1f}M tokens), 27 checkpoints: {tot_rehearsal:.1f} H200-hours at the rehearsal's "
           f"rates, {tot_padded:.1f} at the padded steady state, **{tot_packed:.1f} packed** "
-          f"({tot_padded / tot_packed:.2f}x fewer than padded).")
+          f"({tot_padded / tot_packed:.2f}x fewer than padded)" + (
+              f"; **{tot_compiled:.1f} compiled where measure.compile: auto compiles** ({tot_packed / tot_compiled:.2f}x "
+              "fewer than packed eager)." if compiled else "."))
     if a.shards_bench:
         wall_times(hours, json.loads(Path(a.shards_bench).read_text()), a.gpus, a.alone, a.alone_scale)
+
+
+# throughput.py's presets as the rehearsal's checkpoint names (a throughput.py result counts as that row).
+PRESET_CHECKPOINT = {"qwen3-8b": "Qwen3-8B", "qwen3-30b-a3b": "Qwen3-30B-A3B", "gemma-2b": "gemma-2b", "gemma-2-9b": "gemma-2-9b"}
+
+
+def _compiled_rows(data) -> list[dict]:
+    if isinstance(data, dict):  # one throughput.py result
+        if data["preset"] not in PRESET_CHECKPOINT:
+            raise SystemExit(f"throughput.py preset {data['preset']!r} is no rehearsal checkpoint (known: {', '.join(PRESET_CHECKPOINT)})")
+        return [{**data, "checkpoint": PRESET_CHECKPOINT[data["preset"]]}] if "compiled_measured" in data["paths"] else []
+    return [r for r in data if "error" not in r and "compiled_measured" in r.get("paths", {})]
+
+
+def _auto_compiles(model_type: str) -> bool:
+    from maxact.measurement.compiled import resolve_compile
+    from maxact.models.registry import family_for
+
+    return resolve_compile(family_for(type("C", (), {"model_type": model_type})), "auto", "cuda")[0]
 
 
 def makespan(jobs: list[float], gpus: int) -> float:

@@ -8,13 +8,17 @@ tokens, mean about 3,400) and runs, interleaved ``--repeats`` times over the sam
 - the packed bare forward (each batch's samples end to end in one row, torch's varlen_attn);
 - the packed measurement (every hook point; ``--full-stats all`` for every statistic);
 - with ``--padded-measured``, also today's padded measurement; with ``--calibration``, the packed measurement
-  also recording every linear layer's inputs (the calibration files' data; goal: at most 5% slower).
+  also recording every linear layer's inputs (the calibration files' data; goal: at most 5% slower);
+- with ``--compiled``, the packed bare forward with each decoder layer's forward compiled (``torch.compile``,
+  dynamic shapes, as ``measure.compile`` compiles it) and the compiled packed measurement (with ``--calibration``
+  also its calibration variant). The compile and warm-up seconds are reported apart (``compile_warmup_s``).
 
 Prints tokens/s and peak GPU memory of each and the ratios the packing issue sets goals for:
 packed measured / padded bare (goal >= 1.30), packed measured / packed bare (>= 0.88) and the memory of
-the packed measurement / the packed bare forward (<= 1.10).
+the packed measurement / the packed bare forward (<= 1.10); and the compilation issue's: compiled measured /
+padded bare (>= 1.75), compiled measured / compiled bare (>= 0.95), memory compiled measured / packed bare (<= 1.10).
 
-    python benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all
+    python benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all --compiled --calibration
 """
 
 from __future__ import annotations
@@ -149,8 +153,17 @@ def warm_up(model, backbone, samples, batches, collated, dev, full_kinds) -> flo
     return time.perf_counter() - t0
 
 
+def compiled_bare_packed_forward(backbone, layers, family, method, rows, dev) -> None:
+    """:func:`bare_packed_forward` with each decoder layer's forward compiled as ``measure.compile`` compiles it."""
+    from maxact.measurement.compiled import RegionalCompile
+
+    with RegionalCompile(layers, True):
+        bare_packed_forward(backbone, family, method, rows, dev)
+
+
 def interleaved_paths(model, backbone, family, method, samples, padded, collated, packed, rows, dev, full_kinds,
-                      repeats: int, padded_measured: bool = False, label: str = "", calibration: bool = False) -> dict:
+                      repeats: int, padded_measured: bool = False, label: str = "", calibration: bool = False,
+                      compiled: bool = False) -> dict:
     """``repeats`` rounds of (padded bare, packed bare, packed measured[, padded measured]) over the same samples:
     each path's tokens/s and peak memory per round, and the medians and ratios over the rounds. ``method``
     'padded' (a family that does not pack) runs the padded batches in the 'packed' slots."""
@@ -160,8 +173,9 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
 
     n_tok = sum(len(s) for s in samples)
 
-    def measured(m, batches, linear_inputs=False):
-        meas = Measurement(model, len(samples), dev, full_kinds=full_kinds, packing=m, linear_inputs=linear_inputs)
+    def measured(m, batches, linear_inputs=False, compile=False):
+        meas = Measurement(model, len(samples), dev, full_kinds=full_kinds, packing=m, linear_inputs=linear_inputs,
+                           compile=compile)
         run_batches(meas, samples, batches, 0)
         out = assemble_result(meas, [str(i) for i in range(len(samples))], None)  # one host transfer at the end
         meas.remove()
@@ -178,6 +192,24 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
         paths["padded_measured"] = lambda: measured("padded", padded)
     if calibration:  # the same packed measurement also recording every linear layer's inputs (measure.exports)
         paths["packed_measured_calibration"] = lambda: measured(method, packed if method != "padded" else padded, True)
+    compile_warmup_s = None
+    if compiled:
+        from maxact.models.registry import layer_points
+
+        layers = [lp.layer for lp in layer_points(backbone, family)]
+        m_c, b_c = (method, packed) if method != "padded" else ("padded", padded)
+        bare_c = (lambda: compiled_bare_packed_forward(backbone, layers, family, method, rows, dev)) if method != "padded" else None
+        paths["compiled_bare"] = bare_c or (lambda: _compiled_padded_bare(backbone, layers, collated, dev))
+        paths["compiled_measured"] = lambda: measured(m_c, b_c, compile=True)
+        if calibration:
+            paths["compiled_measured_calibration"] = lambda: measured(m_c, b_c, True, compile=True)
+        # Compile and warm up once (every packed row's shape, dynamic): reported, not timed.
+        t0 = time.perf_counter()
+        for name in [k for k in paths if k.startswith("compiled")]:
+            paths[name]()
+        sync(dev)
+        compile_warmup_s = time.perf_counter() - t0
+        print(f"{label}compile and warm-up of the compiled paths: {compile_warmup_s:.1f} s", flush=True)
     rounds = []
     for r in range(repeats):
         rnd = {}
@@ -207,9 +239,25 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
         ratios["padded_measured_vs_padded_bare"] = summary["padded_measured"]["tok_s"] / base["tok_s"]
     if "packed_measured_calibration" in summary:  # goal: at most 5% slower than without (overhead <= 0.05)
         ratios["calibration_overhead"] = pm["tok_s"] / summary["packed_measured_calibration"]["tok_s"] - 1.0
+    if "compiled_measured" in summary:
+        cb, cm = summary["compiled_bare"], summary["compiled_measured"]
+        ratios.update(compiled_measured_vs_padded_bare=cm["tok_s"] / base["tok_s"],
+                      compiled_measured_vs_compiled_bare=cm["tok_s"] / cb["tok_s"],
+                      compiled_measured_vs_packed_measured=cm["tok_s"] / pm["tok_s"],
+                      compiled_bare_vs_packed_bare=cb["tok_s"] / pb["tok_s"],
+                      memory_compiled_measured_vs_packed_bare=cm["peak_gib"] / pb["peak_gib"] if pb["peak_gib"] else None)
+        if "compiled_measured_calibration" in summary:
+            ratios["compiled_calibration_overhead"] = cm["tok_s"] / summary["compiled_measured_calibration"]["tok_s"] - 1.0
     print(f"{label}medians: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items() if v is not None), flush=True)
     return {"method": method, "rounds": rounds, "paths": summary, "ratios": ratios, "tokens": n_tok,
-            "padded_batches": len(padded), "packed_batches": len(packed)}
+            "padded_batches": len(padded), "packed_batches": len(packed), "compile_warmup_s": compile_warmup_s}
+
+
+def _compiled_padded_bare(backbone, layers, collated, dev) -> None:
+    from maxact.measurement.compiled import RegionalCompile
+
+    with RegionalCompile(layers, True):
+        bare_forward(backbone, collated, dev)
 
 
 def warm_up_packed(model, backbone, family, method, samples, packed, rows, dev, full_kinds) -> float:
@@ -261,6 +309,8 @@ def main(argv=None):
     ap.add_argument("--padded-measured", action="store_true", help="also time today's padded measurement")
     ap.add_argument("--calibration", action="store_true",
                     help="also time the packed measurement recording every linear layer's inputs (calibration files)")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time the compiled bare forward and the compiled measurement (measure.compile: on)")
     ap.add_argument("--out", help="write the figures as JSON here")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one packed measured batch (torch.profiler) and print the top GPU kernels")
@@ -314,7 +364,7 @@ def main(argv=None):
            "mean_len": float(np.mean(lengths)), "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s,
            "host_syncs": host_syncs}
     res.update(interleaved_paths(model, bb, family, method, samples, batches, collated, packed, rows, dev, fk, a.repeats,
-                                 padded_measured=a.padded_measured, calibration=a.calibration))
+                                 padded_measured=a.padded_measured, calibration=a.calibration, compiled=a.compiled))
     if a.profile and dev.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 

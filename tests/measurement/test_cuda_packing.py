@@ -71,15 +71,22 @@ GDN_HEADS = {"linear_key_head_dim": 32, "linear_value_head_dim": 32}
 FLEX_HEADS = {"head_dim": 16}
 
 
-@pytest.mark.parametrize("model_type", VARLEN)
-def test_varlen_packed_matches_padded_in_bf16(tmp_path, model_type):
+def tiny_gpu_checkpoint(model_type: str, tmp_path):
+    """A saved tiny ``model_type`` shaped for the GPU kernels (fla's head dimensions, FlexAttention's, 5-token
+    windows where the family has them); skips Gated DeltaNet families without fla."""
     fam = family_for(type("C", (), {"model_type": model_type}))
     if fam.packing.recurrent and importlib.util.find_spec("fla") is None:
-        pytest.skip("Gated DeltaNet packs only with flash-linear-attention (pip install .[gpu])")
+        pytest.skip("Gated DeltaNet runs on the GPU only with flash-linear-attention (pip install .[gpu])")
     overrides = GDN_HEADS if fam.packing.recurrent else window_overrides(model_type)
     if fam.packing.kernel == "flex_attention":
         overrides = {**overrides, **FLEX_HEADS}
-    folder = save_tiny_checkpoint(model_type, tmp_path / "model", seed=5, **overrides)
+    return save_tiny_checkpoint(model_type, tmp_path / "model", seed=5, **overrides)
+
+
+@pytest.mark.parametrize("model_type", VARLEN)
+def test_varlen_packed_matches_padded_in_bf16(tmp_path, model_type):
+    fam = family_for(type("C", (), {"model_type": model_type}))
+    folder = tiny_gpu_checkpoint(model_type, tmp_path)
     texts = _texts(tmp_path)
     assert _run(folder, texts, tmp_path / "padded", "off") == 0
     assert _run(folder, texts, tmp_path / "packed", "auto") == 0

@@ -200,6 +200,21 @@ REAL_TEXTS = [
 ]
 
 
+def real_runs(entry, tmp_path, device: str, dtype: str, variants: dict[str, dict]) -> dict:
+    """Runs of one real checkpoint on the same texts, one per named settings variant: {name: result}."""
+    from maxact.corpus.tokenization import tokenize_records, tokenizer_fingerprint
+    from maxact.models.checkpoints import load_tokenizer, prepare_checkpoint
+    from maxact.stages.measure import measure_checkpoint
+    from real_checkpoints import CACHE
+
+    prepared = prepare_checkpoint(entry, CACHE)
+    tok = load_tokenizer(prepared)
+    df = tokenize_records(REAL_TEXTS, tok, max_seq_len=256)
+    meta = {"tokenizer_sha256": tokenizer_fingerprint(tok), "corpus_sha256": "test", "max_seq_len": 256, "add_special_tokens": False}
+    return {name: measure_checkpoint(prepared, df, meta, tmp_path / name, cache_dir=tmp_path / "cache", settings={
+        "device": device, "dtype": dtype, "batch_size": 3, "max_batch_tokens": 400, **v}) for name, v in variants.items()}
+
+
 def real_packed_vs_padded(entry, tmp_path, device: str, dtype: str):
     """Both runs of one real checkpoint on the same texts: (padded result, packed result)."""
     from maxact.corpus.tokenization import tokenize_records, tokenizer_fingerprint

@@ -76,15 +76,21 @@ class Measurement:
         self._unknown: dict = {}
         # The attention (and Gated DeltaNet conv) of a varlen forward switched while the hooks are on (packing.packed_forward).
         self.linear_inputs = None
-        # measure.compile: each decoder layer compiled (maxact.measurement.compiled), every hook behind a graph break.
+        # measure.compile: each decoder layer's forward compiled (maxact.measurement.compiled); hooks inside it hand
+        # their tensors to self._captures, whose statistics run when the layer returns.
         self.compiled = bool(compile)
         self._regional = None
+        self._captures = compiled_mod.Captures() if self.compiled else None
+        self._inner = {id(m) for lp in self.layers for m in lp.layer.modules() if m is not lp.layer}
         self._packed_forward = packing_mod.packed_forward(self.backbone, self.family, packing)
         self._packed_forward.__enter__()
         try:
             self._register()
             if linear_inputs:
                 self._register_linear_inputs()
+            if self._captures is not None:
+                for lp in self.layers:  # first among the layer's hooks: its modules' statistics, then the layer's
+                    self._handles.append(lp.layer.register_forward_hook(self._captures.run, prepend=True))
             self._regional = compiled_mod.RegionalCompile([lp.layer for lp in self.layers], self.compiled).__enter__()
         except BaseException:
             self.remove()
@@ -140,8 +146,19 @@ class Measurement:
             unknown_origin=True,
         )
 
-    def _hook(self, module, fn: Callable, pre: bool = False):
-        fn = compiled_mod.hook(fn, self.compiled)
+    def _hook(self, module, fn: Callable, pre: bool = False, deferrable: bool = True, whole_output: bool = False):
+        """Register ``fn`` as a forward (``pre``: pre-, with kwargs) hook. Inside a compiled layer it is called
+        with the captured tensors when the layer returns (``deferrable``): the module's first output only unless
+        ``whole_output``; or, where it changes the module's inputs or output, behind a graph break."""
+        if self.compiled and id(module) in self._inner:
+            if deferrable:
+                if pre:
+                    self._handles += self._captures.attach(module, "in", lambda m, v, fn=fn: fn(m, (v,), {}))
+                else:
+                    kind = "out" if whole_output else "out0"
+                    self._handles += self._captures.attach(module, kind, lambda m, v, fn=fn: fn(m, None, v))
+                return
+            fn = compiled_mod.hook(fn, True)
         if pre:
             h = module.register_forward_pre_hook(fn, with_kwargs=True)
         else:
@@ -229,9 +246,10 @@ class Measurement:
 
                 self._deferred.after.append(count_routes)
 
-        self._hook(lp.moe_block, pack, pre=True)
-        self._hook(lp.moe_block, unpack)
-        self._hook(lp.router, router_hook)
+        if not packed_rows:  # the padded forward repacks the block's input and output: not deferrable
+            self._hook(lp.moe_block, pack, pre=True, deferrable=False)
+        self._hook(lp.moe_block, unpack, deferrable=packed_rows, whole_output=True)
+        self._hook(lp.router, router_hook, whole_output=True)
         if lp.expert_act is not None:
             def act_pre(m, args, kwargs):
                 g = args[0] if args else next(iter(kwargs.values()))
@@ -253,7 +271,7 @@ class Measurement:
                     experts.append((mod, lp.num_experts or int(mod.gate_up_proj.shape[0]),
                                     getattr(getattr(mod, "config", None), "_experts_implementation", None)))
         self.linear_inputs = LinearInputs(self.backbone, names, lambda x: self._info_for(x).valid.reshape(-1), experts,
-                                          compiled=self.compiled)
+                                          captures=self._captures, inner=self._inner)
 
     def _rows_on(self, device) -> torch.Tensor:
         rows = self._packed_rows
@@ -269,17 +287,26 @@ class Measurement:
         return self._regional.report() if self._regional is not None else {"compiled": False}
 
     def remove(self) -> None:
-        if self._regional is not None:
-            self._regional.__exit__(None, None, None)  # the layers' eager call back
-            self._regional = None
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        if self._packed_forward is not None:
-            self._packed_forward.__exit__(None, None, None)
-            self._packed_forward = None
-        if self.linear_inputs is not None:
-            self.linear_inputs.remove()
+        """Everything off the model (each step runs even if one before it failed)."""
+        try:
+            if self._regional is not None:
+                regional, self._regional = self._regional, None
+                regional.__exit__(None, None, None)  # the layers' eager forward back
+        finally:
+            try:
+                for h in self._handles:
+                    h.remove()
+                self._handles.clear()
+                if self._captures is not None:
+                    self._captures.clear()
+            finally:
+                try:
+                    if self._packed_forward is not None:
+                        packed, self._packed_forward = self._packed_forward, None
+                        packed.__exit__(None, None, None)
+                finally:
+                    if self.linear_inputs is not None:
+                        self.linear_inputs.remove()
 
     # ---------------------------------------------------------------- running
     def _set_batch(self, batch: Batch, device) -> None:
@@ -380,6 +407,8 @@ class Measurement:
         self._deferred = Deferred()
         self._moved = {}
         self._unknown = {}
+        if self._captures is not None:
+            self._captures.discard()
         if self.linear_inputs is not None:
             self.linear_inputs.discard()
 

@@ -138,6 +138,19 @@ def expert_partial(x: torch.Tensor, experts: torch.Tensor, n_experts: int) -> Ch
     return _per_expert(x, experts, n_experts, rows_of=lambda perm: perm // k)
 
 
+def _experts_args(args, kwargs) -> tuple:
+    """(input rows, routing) of a fused experts module's call."""
+    x = args[0] if args else kwargs["hidden_states"]
+    idx = args[1] if len(args) > 1 else next(v for k, v in kwargs.items() if k in ("top_k_index", "router_indices"))
+    return x, idx
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same tensor, or (handed over by a compiled graph as two outputs) the same memory, shape and strides."""
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+                      and a.dtype == b.dtype and a.device == b.device)
+
+
 class LinearInputs:
     """Hooks on the linear layers of a backbone, feeding :class:`ChannelStats` per module (or expert set).
 
@@ -145,12 +158,10 @@ class LinearInputs:
     """
 
     def __init__(self, backbone: torch.nn.Module, names: dict[torch.nn.Module, str], valid_for, expert_modules=(),
-                 compiled: bool = False):
-        """``expert_modules``: (fused experts module, number of experts, its experts implementation); ``compiled``:
-        the layers run compiled, so every recording runs behind a graph break (maxact.measurement.compiled)."""
-        from maxact.measurement.compiled import hook as wrap
-
-        self._wrap = lambda fn: wrap(fn, compiled)
+                 captures=None, inner=frozenset()):
+        """``expert_modules``: (fused experts module, number of experts, its experts implementation); ``captures``:
+        the layers run compiled, and the modules whose ids are in ``inner`` (inside a compiled layer) hand their
+        tensors to it, recorded when the layer returns (:class:`maxact.measurement.compiled.Captures`)."""
         self.stats: dict[str, ChannelStats] = {}
         self.experts: dict[str, ChannelStats] = {}  # keyed "<experts module>.gate_up_proj" / ".down_proj"
         self.not_recorded: dict[str, str] = {}  # fused weight -> why its input has no record
@@ -158,18 +169,28 @@ class LinearInputs:
         self._gated: list[tuple] = []  # (experts module whose _apply_gate is wrapped here, what it had before)
         self._valid_for = valid_for
         self._handles = []
+        self._captures = captures
+        self._inner = inner
         # The last input seen and its partial: q/k/v (gate/up) are called one after the other on the same tensor,
         # which is held here so that its memory cannot be reused by another tensor meanwhile.
         self._last: tuple | None = None
         self._pending: list = []  # (stats dict, name, shape, partial): committed with the batch (flush)
         for mod in backbone.modules():
             if isinstance(mod, torch.nn.Linear) and mod in names:
-                self._handles.append(mod.register_forward_pre_hook(self._wrap(self._linear_hook(names[mod]))))
+                hook = self._linear_hook(names[mod])
+                if self._deferred(mod):
+                    self._handles += captures.attach(mod, "in", lambda m, v, hook=hook: hook(m, (v,)))
+                else:
+                    self._handles.append(mod.register_forward_pre_hook(hook))
         try:
             for mod, n_experts, implementation in expert_modules:
                 name = names[mod]
-                self._handles.append(mod.register_forward_pre_hook(self._wrap(self._expert_hook(mod, name, n_experts)),
-                                                                   with_kwargs=True))
+                hook = self._expert_hook(mod, name, n_experts)
+                if self._deferred(mod):
+                    captures.attach(mod, "experts", lambda m, v, hook=hook: hook(m, v, {}))
+                    self._handles.append(mod.register_forward_pre_hook(self._capture_experts, with_kwargs=True))
+                else:
+                    self._handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
                 order = GATE_ROW_ORDER.get(implementation)
                 if order is None or not hasattr(mod, "_apply_gate"):
                     self.not_recorded[f"{name}.down_proj"] = (
@@ -183,10 +204,16 @@ class LinearInputs:
             self.remove()  # nothing half-installed stays on the model
             raise
 
+    def _deferred(self, mod) -> bool:
+        return self._captures is not None and id(mod) in self._inner
+
+    def _capture_experts(self, mod, args, kwargs):  # inside a compiled layer: the routed input and its routing
+        self._captures.value(mod, "experts", _experts_args(args, kwargs))
+
     def _linear_hook(self, name: str):
         def hook(m, args):
             x = args[0]
-            if self._last is not None and self._last[0] is x:
+            if self._last is not None and _same_tensor(self._last[0], x):
                 part = self._last[1]
             else:
                 x2 = x.reshape(-1, x.shape[-1])
@@ -198,8 +225,7 @@ class LinearInputs:
 
     def _expert_hook(self, mod: torch.nn.Module, name: str, n_experts: int):
         def hook(m, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            idx = args[1] if len(args) > 1 else next(v for k, v in kwargs.items() if k in ("top_k_index", "router_indices"))
+            x, idx = _experts_args(args, kwargs)
             x2 = x.reshape(-1, x.shape[-1])
             idx = idx.reshape(x2.shape[0], -1)
             self._routes[mod] = idx
@@ -226,12 +252,19 @@ class LinearInputs:
             part = routed_partial(o2, ids, n_experts, presorted=order == "sorted")
             self._pending.append((self.experts, key, (n_experts, o2.shape[-1]), part))
 
-        record = self._wrap(record)  # the gate itself stays in the compiled graph; the recording does not
+        if self._deferred(mod):  # the gate stays in the compiled graph; its output is recorded when the layer returns
+            self._captures.attach(mod, "gate", lambda m, out: record(out))
+            captures = self._captures
 
-        def gated(gate_up: torch.Tensor) -> torch.Tensor:
-            out = apply_gate(gate_up)
-            record(out)
-            return out
+            def gated(gate_up: torch.Tensor) -> torch.Tensor:
+                out = apply_gate(gate_up)
+                captures.value(mod, "gate", out)
+                return out
+        else:
+            def gated(gate_up: torch.Tensor) -> torch.Tensor:
+                out = apply_gate(gate_up)
+                record(out)
+                return out
 
         mod._apply_gate = gated
         self._gated.append((mod, before))

@@ -132,7 +132,8 @@ def measure_checkpoint(
                     "empty part; use at most %d shards)", shard.label, prepared.get("name"), len(batches), shard.count,
                     len(batches))
     batches = batches[first:last]
-    compiled, not_compiled_why = resolve_compile(fam, s.compile, device.type)
+    split_over = len({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
+    compiled, not_compiled_why = resolve_compile(fam, s.compile, device.type, split_over)
     if not_compiled_why and s.compile == "auto":
         log.info("%s: eager forward (%s)", prepared["name"], not_compiled_why)
     if compiled and cache_dir is not None:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# measure.compile on one GPU: the CUDA equality tests (every family, bf16 and float32, compiled against eager) and the
+# throughput of the compiled paths. On the device machine, from the repo root (OUT: where the figures go):
+#   source benchmarks/device_env.sh && bash benchmarks/compiled_device.sh "$OUT" tests|throughput|families|moe
+# The tests run side by side with pytest-xdist (carry its wheel and execnet's in .whl/; not a test dependency).
+# TESTS_K: a pytest -k expression (a subset of the cases); FAMILIES: the checkpoints benchmarks/families.py takes;
+# TESTS_S, FAMILIES_S: their time limits in seconds.
+set -uo pipefail
+out=${1:?usage: compiled_device.sh OUT tests|throughput|families|moe}
+shift
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
+python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" | tee -a "$out/device.txt"
+for what in "$@"; do
+    case $what in
+    tests)  # pytest-xdist: the families compile side by side (inductor's compile is CPU-bound)
+        MAXACT_COMPILE_REPORT="$out/cuda_compile_report.jsonl" timeout "${TESTS_S:-300}" python3 -m pytest -q -n 11 \
+            -p no:cacheprovider --timeout 240 -rfs --tb=short ${TESTS_K:+-k "$TESTS_K"} \
+            tests/measurement/test_cuda_compiled.py 2>&1 | grep -v 'PytestBenchmarkWarning\|warner(' >>"$out/cuda_compiled_tests.txt"
+        tail -60 "$out/cuda_compiled_tests.txt" ;;
+    throughput)
+        timeout 250 python3 benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all --compiled --calibration \
+            --repeats 3 --out "$out/throughput_qwen3_8b.json" 2>&1 | grep -v '^ \|^{\|^}' ;;
+    moe)
+        timeout 300 python3 benchmarks/throughput.py --preset qwen3-30b-a3b --samples 48 --full-stats all --compiled --calibration \
+            --repeats 3 --out "$out/throughput_qwen3_30b_a3b.json" 2>&1 | grep -v '^ \|^{\|^}' ;;
+    families)
+        timeout "${FAMILIES_S:-540}" python3 benchmarks/families.py --compiled --layers 4 --min-tokens 40000 --repeats 2 \
+            ${FAMILIES:+--checkpoints $FAMILIES} --out "$out/families_compiled_4_layers.json" 2>&1 | grep '^|\|Error\|error' ;;
+    esac
+done
