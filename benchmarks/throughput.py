@@ -178,6 +178,9 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
                            compile=compile)
         run_batches(meas, samples, batches, 0)
         out = assemble_result(meas, [str(i) for i in range(len(samples))], None)  # one host transfer at the end
+        if compile:  # graphs traced and recompiles during this run (after the warm-up: none expected)
+            rep = meas.compile_report()
+            out["compile"] = {k: rep.get(k) for k in ("unique_graphs", "recompiles", "graph_breaks")}
         meas.remove()
         return out
 
@@ -219,7 +222,14 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
             if isinstance(out, dict):
                 rnd[name].update(global_max=out["global_max_activation"], location=out["global_max_location"],
                                  points=len(out["per_layer_stats"]))
+                if "compile" in out:
+                    rnd[name]["compile"] = out["compile"]
         rounds.append(rnd)
+        # Every measured path must have measured the same thing: a compiled path that lost statistics (a layer
+        # graph reused without the hooks) would be fast and wrong.
+        counts = {k: v["points"] for k, v in rnd.items() if "points" in v}
+        if len(set(counts.values())) > 1:
+            raise RuntimeError(f"{label}the measured paths recorded different numbers of points: {counts}")
         print(f"{label}[round {r}] " + " | ".join(f"{k} {v['tok_s']:,.0f} tok/s {v['peak_gib']:.2f} GiB" for k, v in rnd.items()),
               flush=True)
 

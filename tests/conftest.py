@@ -1,5 +1,7 @@
 """Fixtures shared across test modules: one run of the tiny test study through the real workflow."""
 
+import os
+
 import pytest
 
 from workflow_helpers import snakemake
@@ -11,3 +13,13 @@ def study(tmp_path_factory):
     wd = tmp_path_factory.mktemp("study")
     p = snakemake(wd)
     return wd, p
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `extended` (minutes each, beyond what CI runs every time) run only with MAXACT_EXTENDED=1."""
+    if os.environ.get("MAXACT_EXTENDED") == "1":
+        return
+    skip = pytest.mark.skip(reason="extended: beyond what CI runs each time (set MAXACT_EXTENDED=1 to run it)")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)

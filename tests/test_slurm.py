@@ -5,9 +5,10 @@ two device-less "GPUs") and snakemake-executor-plugin-slurm. Skips when `sbatch`
 missing or the cluster is not up, unless MAXACT_REQUIRE_SLURM=1 (then it fails). With
 MAXACT_SLURM_START=1 the test starts the cluster itself (root only) and stops it afterwards.
 
-The workflow runs twice from the same Snakefile and config, each in its own working directory:
-  local:  snakemake --cores 2 --resources gpu=1 --configfile config/test.yaml
+The workflow runs from the same Snakefile and config, each run in its own working directory:
+  local:  snakemake --cores 2 --resources gpu=1 --configfile config/test.yaml  (the session's `study` fixture)
   slurm:  snakemake --profile profiles/slurm --profile profiles/slurm-ci --configfile config/test.yaml
+  slurm, sharded: the same with runtime.shards: 2
 The Slurm run must have sent every non-local job through sbatch (job ids from Snakemake's output,
 checked against slurmctld with `scontrol show job`, GPU rules holding `gres:gpu:N`), and both
 runs must produce the same files, with equal JSON (apart from run-specific keys such as
@@ -28,6 +29,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from workflow_helpers import compare_results, result_files
 
@@ -39,6 +41,9 @@ PROFILE = REPO / "profiles" / "slurm"
 CI_PROFILE = REPO / "profiles" / "slurm-ci"
 PARTITION = "debug"  # the CI cluster's partition, as set in profiles/slurm-ci
 RUN_TIMEOUT = 1500  # seconds per Snakemake run
+_CONFIG = yaml.safe_load(TEST_CONFIG.read_text()) if TEST_CONFIG.is_file() else {}
+RESULTS = Path(_CONFIG.get("results_dir", "results"))  # where the test config puts results, relative to the working dir
+CHECKPOINTS = [c["name"] for c in _CONFIG.get("checkpoints", [])]
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(2 * RUN_TIMEOUT + 300)]
 
@@ -92,9 +97,7 @@ def cluster():
 
 def _snakemake(workdir: Path, *args: str, config: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
-           "--configfile", str(TEST_CONFIG),
-           # relative to the working directory, so that paths written into results are equal
-           "--config", "results_dir=results", "reports_dir=results/reports", *config, *args]
+           "--configfile", str(TEST_CONFIG), *(("--config", *config) if config else ()), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SNAKEMAKE_PROFILE", None)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=REPO, env=env)
@@ -105,18 +108,24 @@ def _snakemake(workdir: Path, *args: str, config: tuple[str, ...] = ()) -> subpr
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
+def runs(cluster, study, tmp_path_factory):
     base = tmp_path_factory.mktemp("slurm_vs_local")
-    local, slurm = base / "local", base / "slurm"
-    local.mkdir()
+    slurm = base / "slurm"
     slurm.mkdir()
-    p_local = _snakemake(local, "--cores", "2", "--resources", "gpu=1", "--workflow-profile", "none")
+    if WORKFLOW == REPO:  # the local run: the test study every workflow test compares against (results/test)
+        local, p_local = study
+    else:
+        local = base / "local"
+        local.mkdir()
+        p_local = _snakemake(local, "--cores", "2", "--resources", "gpu=1", "--workflow-profile", "none")
     p_slurm = _snakemake(slurm, "--profile", str(PROFILE), "--profile", str(CI_PROFILE),
                          "--workflow-profile", "none")
     sharded = base / "slurm_sharded"
     sharded.mkdir()
-    # runtime.shards: 2 -> each checkpoint's measurement is two sbatch jobs (measure_shard) and a merge
+    # runtime.shards: 2 -> each checkpoint's measurement is two sbatch jobs (measure_shard) and a merge; only the
+    # merged measurements are asked for (what sharding changes; the unsharded Slurm run makes the rest of the study)
     p_sharded = _snakemake(sharded, "--profile", str(PROFILE), "--profile", str(CI_PROFILE), "--workflow-profile", "none",
+                           *(str(RESULTS / "measure" / c / "activation_stats.json") for c in CHECKPOINTS),
                            config=("runtime={shards: 2}",))
     return {"local": (local, p_local), "slurm": (slurm, p_slurm), "slurm_sharded": (sharded, p_sharded)}
 
@@ -198,7 +207,7 @@ def test_gpu_rules_asked_slurm_for_gpus(runs):
 
 def test_slurm_results_equal_local_results(runs):
     (lwd, _), (swd, _) = runs["local"], runs["slurm"]
-    lres, sres = lwd / "results", swd / "results"
+    lres, sres = lwd / RESULTS, swd / RESULTS
     assert result_files(lres), "the local run produced no results"
     roots = [str(lwd), str(swd), str(lwd.resolve()), str(swd.resolve())]
     problems = compare_results(lres, sres, roots, names=("local", "slurm"))
@@ -206,13 +215,13 @@ def test_slurm_results_equal_local_results(runs):
 
 
 def test_a_sharded_study_on_slurm_equals_the_unsharded_local_one(runs):
-    """runtime.shards on the Slurm cluster: every shard its own sbatch job (gres:gpu:1), merged into the results of the
-    unsharded local run (float64 sums within 1e-9; the split itself only in the provenance)."""
+    """runtime.shards on the Slurm cluster: every shard its own sbatch job (gres:gpu:1), merged into the measurements of
+    the unsharded local run (float64 sums within 1e-9; the split itself only in the provenance)."""
     (lwd, _), (swd, p) = runs["local"], runs["slurm_sharded"]
     out = p.stdout + p.stderr
     shard_jobs = [log for _, _, log in SUBMITTED.findall(out) if _rule_of(log) == "measure_shard"]
     assert len(shard_jobs) == 4, out[-3000:]  # 2 shards x 2 checkpoints, each submitted on its own
     roots = [str(lwd), str(swd), str(lwd.resolve()), str(swd.resolve())]
-    problems = compare_results(lwd / "results", swd / "results", roots, names=("local", "slurm sharded"),
-                               skip_files=r"^(measure_shards|slurm_logs|logs|benchmarks)/", drop_keys=r"^(shards|shard)$")
+    problems = compare_results(lwd / RESULTS / "measure", swd / RESULTS / "measure", roots, names=("local", "slurm sharded"),
+                               drop_keys=r"^(shards|shard)$")
     assert not problems, "Sharded Slurm results differ from local results:\n" + "\n".join(problems[:40])

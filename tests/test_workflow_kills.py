@@ -33,7 +33,12 @@ def kill_when(proc: subprocess.Popen, log: Path, rule: str, sig: int, delay: flo
     ``job_log_dir``, after the job's own process has opened its log there: Snakemake prints a rule's header before it
     starts the job, and a signal in between can reach no job at all when another job starts at the same moment)."""
     deadline = time.time() + timeout
-    while f"rule {rule}:" not in log.read_text() or (job_log_dir is not None and not any(job_log_dir.glob("*.log"))):
+    since = log.stat().st_mtime_ns - 1  # a job log of this run, not one an earlier (killed) run left there
+
+    def job_started() -> bool:
+        return job_log_dir is None or any(f.stat().st_mtime_ns >= since for f in job_log_dir.glob("*.log"))
+
+    while f"rule {rule}:" not in log.read_text() or not job_started():
         assert proc.poll() is None, f"the run ended before {rule} started:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, f"{rule} did not start"
         time.sleep(0.05)
@@ -102,6 +107,6 @@ def test_a_running_study_keeps_its_lock(study, tmp_path):
             time.sleep(0.1)
         second = snakemake(wd, check=False)
         assert second.returncode != 0 and "cannot be locked" in second.stdout + second.stderr
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
+    finally:  # the first run only had to hold the lock: ended at once (a Ctrl-C would wait for its measure job)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=120)

@@ -3,6 +3,7 @@ changing N reruns nothing already measured; a killed shard reruns alone."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -27,21 +28,6 @@ def _same(study_wd: Path, wd: Path) -> list[str]:
                            skip_files=SKIP, drop_keys=DROP)
 
 
-def test_a_sharded_study_equals_the_unsharded_one(study, tmp_path):
-    wd = tmp_path / "sharded"
-    wd.mkdir()
-    p = snakemake(wd, "--config", "runtime={shards: 3}")
-    jobs = planned(p.stdout + p.stderr)
-    assert jobs.get("measure_shard") == 6 and jobs.get("measure") == 2, jobs  # 3 shards x 2 checkpoints, 2 merges
-    problems = _same(study[0], wd)
-    assert not problems, "\n".join(problems[:30])
-    import json
-
-    prov = json.loads((wd / "results" / "test" / "measure" / "tiny-llama" / "activation_stats.json").read_text())["provenance"]
-    assert prov["shards"]["count"] == 3 and [s["index"] for s in prov["shards"]["parts"]] == [1, 2, 3]
-    assert sum(s["samples"] for s in prov["shards"]["parts"]) == 12
-
-
 def test_changing_the_number_of_shards_reruns_nothing_measured(study):
     wd, _ = study
     for n in (2, 5):
@@ -49,9 +35,10 @@ def test_changing_the_number_of_shards_reruns_nothing_measured(study):
         assert "Nothing to be done" in p.stdout + p.stderr, p.stdout[-3000:]
 
 
-def test_a_killed_shard_reruns_alone(study, tmp_path):
-    """Killed while measuring its second shard: the next plain run (same shards) measures the shards that did not
-    finish, not the finished one, and merges."""
+def test_a_killed_shard_reruns_alone_and_the_sharded_study_equals_the_unsharded_one(study, tmp_path):
+    """runtime.shards: 3, killed while measuring its second shard: the next plain run (same shards) measures the shards
+    that did not finish, not the finished one, and merges; the study it completes equals the unsharded one (one
+    sharded run serves both checks: each is a whole study on 2 cores)."""
     wd = tmp_path / "wd"
     wd.mkdir()
     log = wd / "run.log"
@@ -66,6 +53,8 @@ def test_a_killed_shard_reruns_alone(study, tmp_path):
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    jobs = planned(log.read_text())
+    assert jobs.get("measure_shard") == 6 and jobs.get("measure") == 2, jobs  # 3 shards x 2 checkpoints, 2 merges
     done = sorted(str(p.parent.relative_to(wd / "results" / "test" / "measure_shards"))
                   for p in (wd / "results" / "test" / "measure_shards").rglob("shard.json"))
     assert done, "no shard had finished: nothing was tested"
@@ -75,4 +64,7 @@ def test_a_killed_shard_reruns_alone(study, tmp_path):
     assert len(rerun) + len(done) == 6
     problems = _same(study[0], wd)
     assert not problems, "\n".join(problems[:30])
+    prov = json.loads((wd / "results" / "test" / "measure" / "tiny-llama" / "activation_stats.json").read_text())["provenance"]
+    assert prov["shards"]["count"] == 3 and [s["index"] for s in prov["shards"]["parts"]] == [1, 2, 3]
+    assert sum(s["samples"] for s in prov["shards"]["parts"]) == 12
     shutil.rmtree(wd, ignore_errors=True)

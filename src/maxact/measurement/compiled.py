@@ -161,6 +161,27 @@ def _own_forward(layer):
     return inspect.unwrap(type(layer).forward).__get__(layer)
 
 
+_ACTIVE_REGIONS: list = []  # RegionalCompiles entered and not exited
+_HOOK_GUARDS_BEFORE: list = []  # dynamo's skip_nnmodule_hook_guards when the first of them was entered
+
+
+def _guard_hooks(on: bool) -> None:
+    """While any region is active, graphs dynamo makes guard on their modules' hooks being absent too.
+
+    By default dynamo does not guard on an empty hook dict (``skip_nnmodule_hook_guards``): a layer compiled once
+    without hooks (a bare forward: a benchmark's baseline, a user's own compiled run) would later be reused with the
+    measurement's hooks in place and never call them, so the statistics inside the layers would silently be missing.
+    With the guard, adding the hooks makes dynamo trace the layer again.
+    """
+    import torch._dynamo.config as C
+
+    if on:
+        _HOOK_GUARDS_BEFORE.append(C.skip_nnmodule_hook_guards)
+        C.skip_nnmodule_hook_guards = False
+    elif _HOOK_GUARDS_BEFORE:
+        C.skip_nnmodule_hook_guards = _HOOK_GUARDS_BEFORE.pop()
+
+
 class RegionalCompile:
     """Compile every decoder layer's forward (``layers``: modules) on entry; restore their eager forward on exit.
 
@@ -182,6 +203,9 @@ class RegionalCompile:
             self._before = _dynamo_counts()
             self._reasons_before = _break_reasons()
             self.active = True
+            if not _ACTIVE_REGIONS:
+                _guard_hooks(True)
+            _ACTIVE_REGIONS.append(self)
             try:
                 for layer in self.layers:
                     own = layer.__dict__.get("forward")  # e.g. accelerate's device-moving wrapper (device_map)
@@ -210,6 +234,10 @@ class RegionalCompile:
 
     def __exit__(self, *exc):
         self.active = False
+        if self in _ACTIVE_REGIONS:
+            _ACTIVE_REGIONS.remove(self)
+            if not _ACTIVE_REGIONS:
+                _guard_hooks(False)
         saved, self._saved = self._saved, []
         for layer, before, fn in reversed(saved):
             if layer.__dict__.get("forward") is not fn:

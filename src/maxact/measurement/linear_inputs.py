@@ -256,15 +256,15 @@ class LinearInputs:
             self._captures.attach(mod, "gate", lambda m, out: record(out))
             captures = self._captures
 
-            def gated(gate_up: torch.Tensor) -> torch.Tensor:
-                out = apply_gate(gate_up)
+            def hand_over(out: torch.Tensor) -> None:
                 captures.value(mod, "gate", out)
-                return out
         else:
-            def gated(gate_up: torch.Tensor) -> torch.Tensor:
-                out = apply_gate(gate_up)
-                record(out)
-                return out
+            hand_over = record
+
+        def gated(gate_up: torch.Tensor) -> torch.Tensor:
+            out = apply_gate(gate_up)
+            hand_over(out)
+            return out
 
         mod._apply_gate = gated
         self._gated.append((mod, before))
