@@ -203,11 +203,12 @@ def test_regional_compile_puts_every_layer_back():
     assert "forward" not in b.__dict__  # b was compiled before the failure and is put back
 
 
-def test_a_layer_compiled_bare_before_is_traced_again_with_the_hooks(tmp_path):
+def test_a_layer_compiled_bare_before_is_traced_again_with_the_hooks(tmp_path, monkeypatch):
     """A process that compiled the layers without hooks first (a benchmark's bare baseline, a user's own compiled
     forward) and then measures compiled: dynamo must trace the layers again with the measurement's hooks in place.
     By default it does not guard on a module having no hooks, and the bare graph, reused, never called them: every
-    statistic inside the layers was missing (Qwen3-8B: 38 points of 146), and no error said so."""
+    statistic inside the layers was missing (Qwen3-8B: 38 points of 146), and no error said so. Should a graph
+    without the hooks run anyway, the measurement stops with an error instead of measuring less."""
     import torch._dynamo
     from transformers import AutoModelForCausalLM
 
@@ -247,3 +248,15 @@ def test_a_layer_compiled_bare_before_is_traced_again_with_the_hooks(tmp_path):
         assert not diffs, diffs[:10]
     # dynamo's setting is as it was once no region is active
     assert torch._dynamo.config.skip_nnmodule_hook_guards is True
+
+    # Without that guard the bare graph is reused; the layers then hand nothing over, which is refused, not measured.
+    import maxact.measurement.compiled as compiled_mod
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compiled_mod, "_guard_hooks", lambda on: None)
+    with RegionalCompile(layers, True), torch.no_grad():
+        for b in batches:
+            c = collate(samples, b, 0)
+            model.model(input_ids=c.input_ids, attention_mask=c.attention_mask, use_cache=False)
+    with pytest.raises(RuntimeError, match="returned without handing over any measured tensor"):
+        measure(True)

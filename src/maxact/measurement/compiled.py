@@ -76,6 +76,7 @@ class Captures:
     def __init__(self):
         self.calls: list = []  # (module, kind, value) in call order
         self.handlers: dict = {}  # (module, kind) -> [fn(module, value)]
+        self.expecting: set = set()  # ids of the layers holding a module whose tensors are captured
 
     # -- inside the compiled forward (traced: an append, no Python state read)
     def output(self, mod, args, out):
@@ -107,8 +108,20 @@ class Captures:
             return [mod.register_forward_hook(self.first_output)]
         return [mod.register_forward_pre_hook(self.input_kw, with_kwargs=True)]
 
-    def run(self, *_):
+    def expect(self, layers) -> None:
+        """The layers (modules) whose call must hand tensors over: those holding a captured module."""
+        captured = {id(mod) for mod, _ in self.handlers}
+        self.expecting = {id(layer) for layer in layers if any(id(m) in captured for m in layer.modules())}
+
+    def run(self, layer=None, *_):
         calls, self.calls = self.calls, []
+        if not calls and id(layer) in self.expecting:
+            # A graph traced without the capturing hooks ran: the statistics inside the layer would be missing.
+            raise RuntimeError(
+                f"measure.compile: decoder layer {type(layer).__name__} returned without handing over any measured "
+                "tensor: its compiled graph was traced without the measurement's hooks (the layer was compiled earlier "
+                "in this process without them), so the statistics inside it would be missing; measure in a fresh "
+                "process, or with measure.compile: off")
         for mod, kind, v in calls:
             for fn in self.handlers[(mod, kind)]:
                 fn(mod, v)
@@ -120,6 +133,7 @@ class Captures:
         """Nothing held: no captured tensor, no handler (the measurement is removed)."""
         self.calls = []
         self.handlers = {}
+        self.expecting = set()
 
 
 def use_cache_dir(cache_dir) -> str:

@@ -89,6 +89,7 @@ class Measurement:
             if linear_inputs:
                 self._register_linear_inputs()
             if self._captures is not None:
+                self._captures.expect([lp.layer for lp in self.layers])
                 for lp in self.layers:  # first among the layer's hooks: its modules' statistics, then the layer's
                     self._handles.append(lp.layer.register_forward_hook(self._captures.run, prepend=True))
             self._regional = compiled_mod.RegionalCompile([lp.layer for lp in self.layers], self.compiled).__enter__()
