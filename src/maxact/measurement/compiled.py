@@ -176,7 +176,7 @@ def _own_forward(layer):
 
 
 _ACTIVE_REGIONS: list = []  # RegionalCompiles entered and not exited
-_HOOK_GUARDS_BEFORE: list = []  # dynamo's skip_nnmodule_hook_guards when the first of them was entered
+_hook_guards_before = True  # dynamo's skip_nnmodule_hook_guards when the first of them was entered
 
 
 def _guard_hooks(on: bool) -> None:
@@ -189,11 +189,11 @@ def _guard_hooks(on: bool) -> None:
     """
     import torch._dynamo.config as C
 
+    global _hook_guards_before
     if on:
-        _HOOK_GUARDS_BEFORE.append(C.skip_nnmodule_hook_guards)
-        C.skip_nnmodule_hook_guards = False
-    elif _HOOK_GUARDS_BEFORE:
-        C.skip_nnmodule_hook_guards = _HOOK_GUARDS_BEFORE.pop()
+        _hook_guards_before, C.skip_nnmodule_hook_guards = C.skip_nnmodule_hook_guards, False
+    else:
+        C.skip_nnmodule_hook_guards = _hook_guards_before
 
 
 class RegionalCompile:
