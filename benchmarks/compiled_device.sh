@@ -4,7 +4,7 @@
 #   source benchmarks/device_env.sh && bash benchmarks/compiled_device.sh "$OUT" tests|throughput|families|moe
 # The tests run side by side with pytest-xdist (carry its wheel and execnet's in .whl/; not a test dependency).
 # TESTS_K: a pytest -k expression (a subset of the cases); FAMILIES: the checkpoints benchmarks/families.py takes;
-# TESTS_S, FAMILIES_S: their time limits in seconds.
+# TESTS_S, FAMILIES_S: their time limits in seconds; TEST_TIMEOUT: one test case's (pytest-timeout).
 set -uo pipefail
 out=${1:?usage: compiled_device.sh OUT tests|throughput|families|moe}
 shift
@@ -15,7 +15,7 @@ for what in "$@"; do
     case $what in
     tests)  # pytest-xdist: the families compile side by side (inductor's compile is CPU-bound)
         MAXACT_COMPILE_REPORT="$out/cuda_compile_report.jsonl" timeout "${TESTS_S:-300}" python3 -m pytest -q -n 11 \
-            -p no:cacheprovider --timeout 240 -rfs --tb=short ${TESTS_K:+-k "$TESTS_K"} \
+            -p no:cacheprovider --timeout "${TEST_TIMEOUT:-240}" -rfs --tb=short ${TESTS_K:+-k "$TESTS_K"} \
             tests/measurement/test_cuda_compiled.py 2>&1 | grep -v 'PytestBenchmarkWarning\|warner(' >>"$out/cuda_compiled_tests.txt"
         tail -60 "$out/cuda_compiled_tests.txt" ;;
     throughput)

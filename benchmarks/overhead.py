@@ -75,6 +75,10 @@ def categorize(name: str) -> str:
     n = name.lower()
     if "maxact_row_stats" in n:
         return "stats kernel"
+    if "column_stats" in n:
+        return "calibration kernel"
+    if n.startswith("triton_"):  # inductor's generated kernels (compiled layers)
+        return "inductor fused"
     if any(k in n for k in ("gemm", "xmma", "cutlass", "nvjet", "sm90_", "cublas")):
         return "matmul"
     if any(k in n for k in ("fmha", "flash", "attention", "attn", "softmax")):

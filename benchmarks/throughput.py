@@ -163,7 +163,7 @@ def compiled_bare_packed_forward(backbone, layers, family, method, rows, dev) ->
 
 def interleaved_paths(model, backbone, family, method, samples, padded, collated, packed, rows, dev, full_kinds,
                       repeats: int, padded_measured: bool = False, label: str = "", calibration: bool = False,
-                      compiled: bool = False) -> dict:
+                      compiled: bool = False, profile: bool = False) -> dict:
     """``repeats`` rounds of (padded bare, packed bare, packed measured[, padded measured]) over the same samples:
     each path's tokens/s and peak memory per round, and the medians and ratios over the rounds. ``method``
     'padded' (a family that does not pack) runs the padded batches in the 'packed' slots."""
@@ -259,8 +259,35 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
         if "compiled_measured_calibration" in summary:
             ratios["compiled_calibration_overhead"] = cm["tok_s"] / summary["compiled_measured_calibration"]["tok_s"] - 1.0
     print(f"{label}medians: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items() if v is not None), flush=True)
-    return {"method": method, "rounds": rounds, "paths": summary, "ratios": ratios, "tokens": n_tok,
-            "padded_batches": len(padded), "packed_batches": len(packed), "compile_warmup_s": compile_warmup_s}
+    res = {"method": method, "rounds": rounds, "paths": summary, "ratios": ratios, "tokens": n_tok,
+           "padded_batches": len(padded), "packed_batches": len(packed), "compile_warmup_s": compile_warmup_s}
+    if profile and dev.type == "cuda":
+        res["gpu_ms"] = gpu_time_by_category(paths, dev, label)
+    return res
+
+
+def gpu_time_by_category(paths: dict, dev, label: str = "") -> dict:
+    """Each path once more under torch.profiler: its GPU time (ms) per kernel category and its wall time, so that a
+    gap between two paths can be split into what the GPU did more and what it waited for."""
+    from overhead import profile_batch
+
+    out = {}
+    for name, fn in paths.items():
+        sync(dev)
+        t = time.perf_counter()
+        cats = profile_batch(fn)
+        wall = (time.perf_counter() - t) * 1e3
+        out[name] = {"wall_ms": wall, "gpu_ms": sum(v[0] for v in cats.values()),
+                     "categories": {k: {"ms": v[0], "kernels": v[1]} for k, v in sorted(cats.items())}}
+    cats = sorted({c for v in out.values() for c in v["categories"]})
+    print(f"\n{label}GPU ms per kernel category, one pass of each path under the profiler:")
+    print("| category | " + " | ".join(out) + " |")
+    print("| --- |" + " ---: |" * len(out))
+    for c in cats:
+        print(f"| {c} | " + " | ".join(f"{v['categories'].get(c, {}).get('ms', 0.0):,.1f}" for v in out.values()) + " |")
+    print("| GPU total | " + " | ".join(f"{v['gpu_ms']:,.1f}" for v in out.values()) + " |")
+    print("| wall (profiled) | " + " | ".join(f"{v['wall_ms']:,.1f}" for v in out.values()) + " |", flush=True)
+    return out
 
 
 def _compiled_padded_bare(backbone, layers, collated, dev) -> None:
@@ -323,7 +350,8 @@ def main(argv=None):
                     help="also time the compiled bare forward and the compiled measurement (measure.compile: on)")
     ap.add_argument("--out", help="write the figures as JSON here")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile one packed measured batch (torch.profiler) and print the top GPU kernels")
+                    help="also profile one packed measured batch (torch.profiler) and print the top GPU kernels, and each "
+                         "path's GPU time per kernel category")
     a = ap.parse_args(argv)
 
     from maxact.measurement.batching import run_batches
@@ -374,7 +402,8 @@ def main(argv=None):
            "mean_len": float(np.mean(lengths)), "min_len": min(lengths), "max_len": max(lengths), "warmup_s": warmup_s,
            "host_syncs": host_syncs}
     res.update(interleaved_paths(model, bb, family, method, samples, batches, collated, packed, rows, dev, fk, a.repeats,
-                                 padded_measured=a.padded_measured, calibration=a.calibration, compiled=a.compiled))
+                                 padded_measured=a.padded_measured, calibration=a.calibration, compiled=a.compiled,
+                                 profile=a.profile))
     if a.profile and dev.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
