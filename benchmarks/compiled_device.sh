@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # measure.compile on one GPU: the CUDA equality tests (every family, bf16 and float32, compiled against eager) and the
 # throughput of the compiled paths. On the device machine, from the repo root (OUT: where the figures go):
-#   source benchmarks/device_env.sh && bash benchmarks/compiled_device.sh "$OUT" tests|throughput|families|moe
+#   source benchmarks/device_env.sh && bash benchmarks/compiled_device.sh "$OUT" tests|throughput|profile|kernels|families|moe
 # The tests run side by side with pytest-xdist (carry its wheel and execnet's in .whl/; not a test dependency).
 # TESTS_K: a pytest -k expression (a subset of the cases); FAMILIES: the checkpoints benchmarks/families.py takes;
 # TESTS_S, FAMILIES_S: their time limits in seconds; TEST_TIMEOUT: one test case's (pytest-timeout).
 set -uo pipefail
-out=${1:?usage: compiled_device.sh OUT tests|throughput|families|moe}
+out=${1:?usage: compiled_device.sh OUT tests|throughput|profile|kernels|families|moe}
 shift
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
@@ -21,11 +21,17 @@ for what in "$@"; do
     throughput)
         timeout 250 python3 benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all --compiled --calibration \
             --repeats 3 --out "$out/throughput_qwen3_8b.json" 2>&1 | grep -v '^ \|^{\|^}' ;;
+    profile)  # every path (and the statistics on a second stream), then each path's GPU time by kernel category
+        timeout "${PROFILE_S:-160}" python3 benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all --compiled \
+            --stats-stream --repeats "${PROFILE_REPEATS:-1}" --profile --out "$out/throughput_qwen3_8b_profile.json" >"$out/throughput_qwen3_8b_profile.txt" 2>&1
+        grep '^|\|medians\|round\|Error' "$out/throughput_qwen3_8b_profile.txt" ;;
+    kernels)  # the statistics kernel alone on a Qwen3-8B batch's widths (hidden/attention/MLP 4096, gate 12288)
+        timeout 90 python3 benchmarks/bench_kernels.py --tokens 53000 --channels 4096 12288 2>&1 | tee "$out/bench_kernels.txt" | tail -20 ;;
     moe)
-        timeout 300 python3 benchmarks/throughput.py --preset qwen3-30b-a3b --samples 48 --full-stats all --compiled --calibration \
-            --repeats 3 --out "$out/throughput_qwen3_30b_a3b.json" 2>&1 | grep -v '^ \|^{\|^}' ;;
+        timeout "${MOE_S:-300}" python3 benchmarks/throughput.py --preset qwen3-30b-a3b --samples 48 --full-stats all --compiled --calibration \
+            --repeats "${MOE_REPEATS:-3}" --out "$out/throughput_qwen3_30b_a3b.json" 2>&1 | grep -v '^ \|^{\|^}' ;;
     families)
-        timeout "${FAMILIES_S:-540}" python3 benchmarks/families.py --compiled --layers 4 --min-tokens 40000 --repeats 2 \
+        timeout "${FAMILIES_S:-540}" python3 benchmarks/families.py --compiled --layers 4 --min-tokens "${FAMILIES_TOKENS:-40000}" --repeats 2 --max-batch-tokens "${FAMILIES_MBT:-65536}" \
             ${FAMILIES:+--checkpoints $FAMILIES} --out "$out/families_compiled_4_layers.json" 2>&1 | grep '^|\|Error\|error' ;;
     esac
 done
