@@ -21,9 +21,9 @@ for what in "$@"; do
     throughput)
         timeout 250 python3 benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all --compiled --calibration \
             --repeats 3 --out "$out/throughput_qwen3_8b.json" 2>&1 | grep -v '^ \|^{\|^}' ;;
-    profile)  # every path (and the statistics on a second stream), then each path's GPU time by kernel category
-        timeout "${PROFILE_S:-160}" python3 benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all --compiled \
-            --stats-stream --repeats "${PROFILE_REPEATS:-1}" --profile --out "$out/throughput_qwen3_8b_profile.json" >"$out/throughput_qwen3_8b_profile.txt" 2>&1
+    profile)  # every path, then each path's GPU time by kernel category (throughput.py --profile)
+        timeout "${PROFILE_S:-300}" python3 benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all --compiled \
+            --repeats "${PROFILE_REPEATS:-1}" --profile --out "$out/throughput_qwen3_8b_profile.json" >"$out/throughput_qwen3_8b_profile.txt" 2>&1
         grep '^|\|medians\|round\|Error' "$out/throughput_qwen3_8b_profile.txt" ;;
     kernels)  # the statistics kernel alone on a Qwen3-8B batch's widths (hidden/attention/MLP 4096, gate 12288)
         timeout 90 python3 benchmarks/bench_kernels.py --tokens 53000 --channels 4096 12288 2>&1 | tee "$out/bench_kernels.txt" | tail -20 ;;

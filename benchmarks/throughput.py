@@ -163,7 +163,7 @@ def compiled_bare_packed_forward(backbone, layers, family, method, rows, dev) ->
 
 def interleaved_paths(model, backbone, family, method, samples, padded, collated, packed, rows, dev, full_kinds,
                       repeats: int, padded_measured: bool = False, label: str = "", calibration: bool = False,
-                      compiled: bool = False, profile: bool = False, stats_stream: bool = False) -> dict:
+                      compiled: bool = False, profile: bool = False) -> dict:
     """``repeats`` rounds of (padded bare, packed bare, packed measured[, padded measured]) over the same samples:
     each path's tokens/s and peak memory per round, and the medians and ratios over the rounds. ``method``
     'padded' (a family that does not pack) runs the padded batches in the 'packed' slots."""
@@ -173,9 +173,9 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
 
     n_tok = sum(len(s) for s in samples)
 
-    def measured(m, batches, linear_inputs=False, compile=False, stream=False):
+    def measured(m, batches, linear_inputs=False, compile=False):
         meas = Measurement(model, len(samples), dev, full_kinds=full_kinds, packing=m, linear_inputs=linear_inputs,
-                           compile=compile, stats_stream=stream)
+                           compile=compile)
         run_batches(meas, samples, batches, 0)
         out = assemble_result(meas, [str(i) for i in range(len(samples))], None)  # one host transfer at the end
         if compile:  # graphs traced and recompiles during this run (after the warm-up: none expected)
@@ -195,8 +195,6 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
         paths["padded_measured"] = lambda: measured("padded", padded)
     if calibration:  # the same packed measurement also recording every linear layer's inputs (measure.exports)
         paths["packed_measured_calibration"] = lambda: measured(method, packed if method != "padded" else padded, True)
-    if stats_stream:  # the statistics on a second CUDA stream, beside the forward
-        paths["packed_measured_stream"] = lambda: measured(method, packed if method != "padded" else padded, stream=True)
     compile_warmup_s = None
     if compiled:
         from maxact.models.registry import layer_points
@@ -208,8 +206,6 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
         paths["compiled_measured"] = lambda: measured(m_c, b_c, compile=True)
         if calibration:
             paths["compiled_measured_calibration"] = lambda: measured(m_c, b_c, True, compile=True)
-        if stats_stream:
-            paths["compiled_measured_stream"] = lambda: measured(m_c, b_c, compile=True, stream=True)
         # Compile and warm up once (every packed row's shape, dynamic): reported, not timed.
         t0 = time.perf_counter()
         for name in [k for k in paths if k.startswith("compiled")]:
@@ -234,12 +230,6 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
         counts = {k: v["points"] for k, v in rnd.items() if "points" in v}
         if len(set(counts.values())) > 1:
             raise RuntimeError(f"{label}the measured paths recorded different numbers of points: {counts}")
-        for k in [k for k in rnd if k.endswith("_stream")]:  # the same kernels on another stream: the same result
-            twin = rnd[k[: -len("_stream")]]
-            if (rnd[k]["global_max"], rnd[k]["location"]) != (twin["global_max"], twin["location"]):
-                raise RuntimeError(f"{label}{k} measured another global max than without the statistics stream: "
-                                   f"{rnd[k]['global_max']} at {rnd[k]['location']} against {twin['global_max']} at "
-                                   f"{twin['location']}")
         print(f"{label}[round {r}] " + " | ".join(f"{k} {v['tok_s']:,.0f} tok/s {v['peak_gib']:.2f} GiB" for k, v in rnd.items()),
               flush=True)
 
@@ -268,11 +258,6 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
                       memory_compiled_measured_vs_packed_bare=cm["peak_gib"] / pb["peak_gib"] if pb["peak_gib"] else None)
         if "compiled_measured_calibration" in summary:
             ratios["compiled_calibration_overhead"] = cm["tok_s"] / summary["compiled_measured_calibration"]["tok_s"] - 1.0
-    for k in [k for k in summary if k.endswith("_stream")]:
-        ratios[f"{k}_vs_{k[: -len('_stream')]}"] = summary[k]["tok_s"] / summary[k[: -len("_stream")]]["tok_s"]
-        if "compiled" in k:
-            ratios[f"{k}_vs_compiled_bare"] = summary[k]["tok_s"] / summary["compiled_bare"]["tok_s"]
-        ratios[f"{k}_vs_padded_bare"] = summary[k]["tok_s"] / base["tok_s"]
     print(f"{label}medians: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items() if v is not None), flush=True)
     res = {"method": method, "rounds": rounds, "paths": summary, "ratios": ratios, "tokens": n_tok,
            "padded_batches": len(padded), "packed_batches": len(packed), "compile_warmup_s": compile_warmup_s}
@@ -363,8 +348,6 @@ def main(argv=None):
                     help="also time the packed measurement recording every linear layer's inputs (calibration files)")
     ap.add_argument("--compiled", action="store_true",
                     help="also time the compiled bare forward and the compiled measurement (measure.compile: on)")
-    ap.add_argument("--stats-stream", action="store_true",
-                    help="also time the packed (and compiled) measurement with the statistics on a second CUDA stream")
     ap.add_argument("--out", help="write the figures as JSON here")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one packed measured batch (torch.profiler) and print the top GPU kernels, and each "
@@ -420,7 +403,7 @@ def main(argv=None):
            "host_syncs": host_syncs}
     res.update(interleaved_paths(model, bb, family, method, samples, batches, collated, packed, rows, dev, fk, a.repeats,
                                  padded_measured=a.padded_measured, calibration=a.calibration, compiled=a.compiled,
-                                 profile=a.profile, stats_stream=a.stats_stream))
+                                 profile=a.profile))
     if a.profile and dev.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 

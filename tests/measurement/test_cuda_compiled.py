@@ -131,36 +131,3 @@ def test_real_checkpoint_compiled_matches_eager_in_bf16(entry, tmp_path):
     if not (len(tops) > 1 and abs(abs(tops[0]["value"]) - abs(tops[1]["value"])) <= bf16_step(g_e)):
         where = ("component", "sample_id", "position", "channel")
         assert {k: e["peak"][k] for k in where} == {k: c["peak"][k] for k in where}
-
-
-STREAM_TYPES = ["llama", "qwen3_moe", "gpt_oss", "gemma2"]
-
-
-@pytest.mark.parametrize("model_type", STREAM_TYPES)
-@pytest.mark.parametrize("compile_mode", ["off", "on"])
-def test_statistics_stream_gives_the_same_statistics(tmp_path, monkeypatch, model_type, compile_mode):
-    """MAXACT_STATS_STREAM=1 (the statistics on a second CUDA stream, beside the forward) runs the same kernels on
-    the same tensors: every statistic, top-k and per-sample extreme equal to the single-stream run, bit for bit;
-    the linear-layer inputs (calibration) too."""
-    folder, texts = tiny_gpu_checkpoint(model_type, tmp_path), _texts(tmp_path)
-    outs = {}
-    for stream in ("0", "1"):
-        monkeypatch.setenv("MAXACT_STATS_STREAM", stream)
-        out = tmp_path / f"stream{stream}"
-        assert main(["measure", "--model", str(folder), "--texts", str(texts), "--out", str(out), "--device", "cuda",
-                     "--dtype", "bfloat16", "--batch-size", "3", "--max-batch-tokens", "120", "--max-seq-len", "90",
-                     "--compile", compile_mode, "--calibration"]) == 0
-        outs[stream] = out
-    a, b = _load(outs["0"]), _load(outs["1"])
-    assert a["per_layer_stats"] == b["per_layer_stats"]
-    assert a["top_activations"] == b["top_activations"]
-    assert (a["global_max_activation"], a["global_max_location"]) == (b["global_max_activation"], b["global_max_location"])
-    import pandas as pd
-    from safetensors.torch import load_file
-
-    pa, pb = (pd.read_parquet(o / "per_sample_extremes.parquet") for o in (outs["0"], outs["1"]))
-    pd.testing.assert_frame_equal(pa, pb)
-    la, lb = (load_file(str(o / "linear_inputs.safetensors")) for o in (outs["0"], outs["1"]))
-    assert la.keys() == lb.keys() and la
-    for k in la:
-        assert torch.equal(la[k], lb[k]), k

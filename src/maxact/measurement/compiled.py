@@ -113,13 +113,6 @@ class Captures:
         captured = {id(mod) for mod, _ in self.handlers}
         self.expecting = {id(layer) for layer in layers if any(id(m) in captured for m in layer.modules())}
 
-    def tensors(self) -> list:
-        """The tensors handed over and not yet measured."""
-        out = []
-        for _, _, v in self.calls:
-            out += [t for t in (v if isinstance(v, (tuple, list)) else (v,)) if isinstance(t, torch.Tensor)]
-        return out
-
     def run(self, layer=None, *_):
         calls, self.calls = self.calls, []
         if not calls and id(layer) in self.expecting:

@@ -13,9 +13,7 @@ to its (sample, position) through the batch's token facts, and nothing needs mas
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from typing import Callable, Iterable
 
 import torch
@@ -52,7 +50,6 @@ class Measurement:
         packing: str = "padded",
         linear_inputs: bool = False,
         compile: bool = False,
-        stats_stream: bool | None = None,
     ):
         if packing not in ("padded", "varlen", "block_mask"):
             raise ValueError(f"packing method must be padded, varlen or block_mask, not {packing!r}")
@@ -85,13 +82,6 @@ class Measurement:
         self._regional = None
         self._captures = compiled_mod.Captures() if self.compiled else None
         self._inner = {id(m) for lp in self.layers for m in lp.layer.modules() if m is not lp.layer}
-        # stats_stream: the statistics run on a second CUDA stream, beside the forward (see _on_stats_stream); an
-        # experiment, off unless asked for (MAXACT_STATS_STREAM=1 for the CLI and workflow).
-        if stats_stream is None:
-            stats_stream = os.environ.get("MAXACT_STATS_STREAM", "0") == "1"
-        self._side = None
-        if stats_stream and self.device.type == "cuda":
-            self._side = torch.cuda.Stream(device=self.device)
         self._packed_forward = packing_mod.packed_forward(self.backbone, self.family, packing)
         self._packed_forward.__enter__()
         try:
@@ -101,7 +91,7 @@ class Measurement:
             if self._captures is not None:
                 self._captures.expect([lp.layer for lp in self.layers])
                 for lp in self.layers:  # first among the layer's hooks: its modules' statistics, then the layer's
-                    self._handles.append(lp.layer.register_forward_hook(self._run_captures, prepend=True))
+                    self._handles.append(lp.layer.register_forward_hook(self._captures.run, prepend=True))
             self._regional = compiled_mod.RegionalCompile([lp.layer for lp in self.layers], self.compiled).__enter__()
         except BaseException:
             self.remove()
@@ -119,38 +109,7 @@ class Measurement:
         if info is None:
             info = self._info_for(x)
         # A model split over GPUs (device_map) keeps each point's statistics on its layer's GPU.
-        with self._on_stats_stream((x,)):
-            self._stats(name, x.device).update(x, self._on(info, x.device), defer=self._deferred)
-
-    def _run_captures(self, layer, *_):
-        """The statistics of what a compiled layer's modules handed over (on the statistics stream, if any)."""
-        with self._on_stats_stream(self._captures.tensors()):
-            self._captures.run(layer)
-
-    @contextlib.contextmanager
-    def _on_stats_stream(self, tensors=()):
-        """Run the block on the statistics stream (``stats_stream``), after everything the forward has queued so far.
-
-        The forward's next kernels then need not wait for this block's: the GPU may run both at once. The tensors
-        the block reads that the forward made (``tensors``; the batch's token facts are marked when made) are
-        marked as in use on that stream, so that their memory is not handed to a later tensor of the forward before
-        the statistics have read them. Without a statistics stream (the default; the CPU): the block runs as is."""
-        side = self._side
-        if side is None or torch.cuda.current_stream(side.device) == side or any(t.device != side.device for t in tensors):
-            yield  # (a tensor on another GPU of a split model: its statistics stay on that GPU's stream)
-            return
-        side.wait_stream(torch.cuda.current_stream(side.device))
-        for t in tensors:
-            t.record_stream(side)
-        with torch.cuda.stream(side):
-            yield
-
-    def _mark_for_stats_stream(self, info: TokenInfo) -> TokenInfo:
-        if self._side is not None:
-            for t in (info.valid, info.sample, info.position, info.token_id, info.batch_samples, info.rows):
-                if t is not None and t.is_cuda:
-                    t.record_stream(self._side)
-        return info
+        self._stats(name, x.device).update(x, self._on(info, x.device), defer=self._deferred)
 
     def _on(self, info: TokenInfo, device: torch.device) -> TokenInfo:
         if info.valid.device == device:
@@ -180,13 +139,13 @@ class Measurement:
         return self._unknown[key]
 
     def _new_unknown_info(self, n: int, dev) -> TokenInfo:
-        return self._mark_for_stats_stream(TokenInfo(
+        return TokenInfo(
             valid=torch.ones(n, dtype=torch.bool, device=dev),
             sample=torch.full((n,), self.n_samples, dtype=torch.long, device=dev),
             position=torch.arange(n, device=dev),
             token_id=torch.full((n,), -1, dtype=torch.long, device=dev),
             unknown_origin=True,
-        ))
+        )
 
     def _hook(self, module, fn: Callable, pre: bool = False, deferrable: bool = True, whole_output: bool = False):
         """Register ``fn`` as a forward (``pre``: pre-, with kwargs) hook. Inside a compiled layer it is called
@@ -366,14 +325,13 @@ class Measurement:
         # Row indices of real tokens, built from host-known lengths: no device sync.
         rows = to_device(torch.cat([torch.arange(L) + r * t for r, L in enumerate(batch.lengths)]), device)
         self._packed_rows = rows
-        self._packed_info = self._mark_for_stats_stream(TokenInfo(
+        self._packed_info = TokenInfo(
             valid=torch.ones(rows.numel(), dtype=torch.bool, device=device),
             sample=sample.index_select(0, rows),
             position=pos.index_select(0, rows),
             token_id=self._info.token_id.index_select(0, rows),
             batch_shape=(b, t), batch_samples=batch_samples, rows=rows,
-        ))
-        self._mark_for_stats_stream(self._info)
+        )
 
     def _set_packed_batch(self, batch: PackedBatch, device) -> None:
         """Token facts of one packed row: every row real, its sample and position known, and its place in a
@@ -393,7 +351,7 @@ class Measurement:
         sample, pos, ids, rows = to_device(host, device).unbind(0)  # one copy, no device sync
         info = TokenInfo(valid=torch.ones(n, dtype=torch.bool, device=device), sample=sample, position=pos, token_id=ids,
                          batch_shape=(b, t), batch_samples=to_device(batch.sample_index, device), rows=rows)
-        self._info = self._packed_info = self._mark_for_stats_stream(info)
+        self._info = self._packed_info = info
         self._packed_rows = None
 
     @torch.no_grad()
@@ -413,14 +371,9 @@ class Measurement:
                 attention_mask=batch.attention_mask.to(dev),
                 use_cache=False,
             )
-        with self._on_stats_stream():
-            self._deferred.flush()
-            if self.linear_inputs is not None:
-                self.linear_inputs.flush()
-        if self._side is not None:
-            # The next batch's forward starts after this batch's statistics: the memory they freed is reused safely,
-            # and the statistics (state, resume files) are complete when the batch has returned.
-            torch.cuda.current_stream(self._side.device).wait_stream(self._side)
+        self._deferred.flush()
+        if self.linear_inputs is not None:
+            self.linear_inputs.flush()
 
     def input_device(self) -> torch.device:
         return self.backbone.get_input_embeddings().weight.device
