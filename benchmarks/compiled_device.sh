@@ -13,11 +13,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" | tee -a "$out/device.txt"
 for what in "$@"; do
     case $what in
-    tests)  # pytest-xdist: the families compile side by side (inductor's compile is CPU-bound)
-        MAXACT_COMPILE_REPORT="$out/cuda_compile_report.jsonl" timeout "${TESTS_S:-300}" python3 -m pytest -q -n 11 \
+    tests)  # pytest-xdist: the families compile side by side (inductor's compile is CPU-bound); -v names each case as it
+        # ends, so a run cut by TESTS_S still says which passed and which failed (the summary comes only at the end)
+        MAXACT_COMPILE_REPORT="$out/cuda_compile_report.jsonl" timeout "${TESTS_S:-300}" python3 -m pytest -v -n 11 \
             -p no:cacheprovider --timeout "${TEST_TIMEOUT:-240}" -rfs --tb=short ${TESTS_K:+-k "$TESTS_K"} \
             tests/measurement/test_cuda_compiled.py 2>&1 | grep -v 'PytestBenchmarkWarning\|warner(' >>"$out/cuda_compiled_tests.txt"
-        tail -60 "$out/cuda_compiled_tests.txt" ;;
+        grep -c ' PASSED ' "$out/cuda_compiled_tests.txt"; grep ' FAILED \|^FAILED\|^E  ' "$out/cuda_compiled_tests.txt" | tail -40 ;;
     throughput)
         timeout 250 python3 benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all --compiled --calibration \
             --repeats 3 --out "$out/throughput_qwen3_8b.json" 2>&1 | grep -v '^ \|^{\|^}' ;;

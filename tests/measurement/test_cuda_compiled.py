@@ -11,7 +11,8 @@ forwards, tests/measurement/test_cuda_packing.py). The tests ask, for every fami
 - in float32, every point's max, min and rms within 1e-4 relative, its mean within 1e-4 of its rms (a mean of
   signed values can be near zero: its rounding error scales with the values, not with the mean), and the same
   global max location;
-- the compiled runs hand their statistics over without a graph break where the forward is packed.
+- the compiled runs hand their statistics over without a graph break where the forward is packed (unless the
+  family's registry entry says why its graph breaks: Gemma 2's FlexAttention).
 
 The real SmolLM2-135M and Gemma-3-270m (pip packages, or GGUF files named by MAXACT_SMOLLM2_GGUF /
 MAXACT_GEMMA3_GGUF) give the same global max within one bf16 step at the same location (or a tie), compiled and
@@ -34,7 +35,7 @@ from test_cuda_packing import BF16_STEPS, _real_entries, bf16_step, tiny_gpu_che
 from test_packing import _texts, real_runs
 
 from maxact.cli import main
-from maxact.models.registry import FAMILIES, supported_model_types
+from maxact.models.registry import FAMILIES, family_for, supported_model_types
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -94,8 +95,8 @@ def test_compiled_matches_eager_in_bf16(tmp_path, model_type):
     assert gsteps <= 1, (model_type, g_e, g_c)
     if not tied:
         assert same_place, (model_type, e["peak"], c["peak"])
-    if c["provenance"]["packing"]["method"] == "varlen":
-        assert comp["graph_breaks"] == 0, comp.get("graph_break_reasons")
+    if c["provenance"]["packing"]["method"] == "varlen" and not family_for(type("C", (), {"model_type": model_type})).compile.breaks:
+        assert comp["graph_breaks"] == 0, comp.get("graph_break_reasons")  # breaks only where the registry says why
 
 
 @pytest.mark.parametrize("model_type", TYPES)
