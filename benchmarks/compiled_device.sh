@@ -17,7 +17,7 @@ for what in "$@"; do
         # ends, so a run cut by TESTS_S still says which passed and which failed (the summary comes only at the end)
         MAXACT_COMPILE_REPORT="$out/cuda_compile_report.jsonl" timeout "${TESTS_S:-300}" python3 -m pytest -v -n 11 \
             -p no:cacheprovider --timeout "${TEST_TIMEOUT:-240}" -rfs --tb=short ${TESTS_K:+-k "$TESTS_K"} \
-            tests/measurement/test_cuda_compiled.py 2>&1 | grep -v 'PytestBenchmarkWarning\|warner(' >>"$out/cuda_compiled_tests.txt"
+            tests/measurement/test_cuda_compiled.py 2>&1 | grep -v 'PytestBenchmarkWarning\|warner(' >"$out/cuda_compiled_tests.txt"
         grep -c ' PASSED ' "$out/cuda_compiled_tests.txt"; grep ' FAILED \|^FAILED\|^E  ' "$out/cuda_compiled_tests.txt" | tail -40 ;;
     throughput)
         timeout 250 python3 benchmarks/throughput.py --preset qwen3-8b --samples 48 --full-stats all --compiled --calibration \

@@ -73,11 +73,11 @@ def variant(name: str):
 
 def categorize(name: str) -> str:
     n = name.lower()
-    if "maxact_row_stats" in n:
+    if "maxact_row_stats" in n or "_row_stats_kernel" in n:  # the CUDA kernel, the Triton one
         return "stats kernel"
     if "column_stats" in n:
         return "calibration kernel"
-    if n.startswith("triton_"):  # inductor's generated kernels (compiled layers)
+    if n.startswith("triton_") and "flex" not in n:  # inductor's generated kernels (compiled layers)
         return "inductor fused"
     if any(k in n for k in ("gemm", "xmma", "cutlass", "nvjet", "sm90_", "cublas")):
         return "matmul"
@@ -94,12 +94,18 @@ def categorize(name: str) -> str:
     return "other elementwise"
 
 
-def profile_batch(fn) -> dict:
+def profile_batch(fn, timing: dict | None = None) -> dict:
+    """GPU ms and kernel count per category while ``fn`` runs; ``timing["wall_ms"]``: its wall time under the profiler
+    (from a synchronised start to the end of its GPU work, without the profiler's start and stop)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
         fn()
         torch.cuda.synchronize()
+        if timing is not None:
+            timing["wall_ms"] = (time.perf_counter() - t) * 1e3
     cats: dict = {}
     for ev in prof.key_averages():
         t = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)

@@ -273,11 +273,9 @@ def gpu_time_by_category(paths: dict, dev, label: str = "") -> dict:
 
     out = {}
     for name, fn in paths.items():
-        sync(dev)
-        t = time.perf_counter()
-        cats = profile_batch(fn)
-        wall = (time.perf_counter() - t) * 1e3
-        out[name] = {"wall_ms": wall, "gpu_ms": sum(v[0] for v in cats.values()),
+        timing: dict = {}
+        cats = profile_batch(fn, timing)
+        out[name] = {"wall_ms": timing["wall_ms"], "gpu_ms": sum(v[0] for v in cats.values()),
                      "categories": {k: {"ms": v[0], "kernels": v[1]} for k, v in sorted(cats.items())}}
     cats = sorted({c for v in out.values() for c in v["categories"]})
     print(f"\n{label}GPU ms per kernel category, one pass of each path under the profiler:")
