@@ -184,28 +184,35 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
         meas.remove()
         return out
 
-    paths = {"padded_bare": lambda: bare_forward(backbone, collated, dev)}
-    if method == "padded":
-        paths["packed_bare"] = paths["padded_bare"]
-        paths["packed_measured"] = lambda: measured("padded", padded)
-    else:
-        paths["packed_bare"] = lambda: bare_packed_forward(backbone, family, method, rows, dev)
-        paths["packed_measured"] = lambda: measured(method, packed)
-    if padded_measured:
-        paths["padded_measured"] = lambda: measured("padded", padded)
-    if calibration:  # the same packed measurement also recording every linear layer's inputs (measure.exports)
-        paths["packed_measured_calibration"] = lambda: measured(method, packed if method != "padded" else padded, True)
-    compile_warmup_s = None
+    def make_paths(padded, collated, packed, rows) -> dict:
+        """Every timed path over these batches (all of them; or the first of each kind, for --profile)."""
+        paths = {"padded_bare": lambda: bare_forward(backbone, collated, dev)}
+        if method == "padded":
+            paths["packed_bare"] = paths["padded_bare"]
+            paths["packed_measured"] = lambda: measured("padded", padded)
+        else:
+            paths["packed_bare"] = lambda: bare_packed_forward(backbone, family, method, rows, dev)
+            paths["packed_measured"] = lambda: measured(method, packed)
+        if padded_measured:
+            paths["padded_measured"] = lambda: measured("padded", padded)
+        if calibration:  # the same packed measurement also recording every linear layer's inputs (measure.exports)
+            paths["packed_measured_calibration"] = lambda: measured(method, packed if method != "padded" else padded, True)
+        if compiled:
+            m_c, b_c = (method, packed) if method != "padded" else ("padded", padded)
+            bare_c = (lambda: compiled_bare_packed_forward(backbone, layers, family, method, rows, dev)) if method != "padded" else None
+            paths["compiled_bare"] = bare_c or (lambda: _compiled_padded_bare(backbone, layers, collated, dev))
+            paths["compiled_measured"] = lambda: measured(m_c, b_c, compile=True)
+            if calibration:
+                paths["compiled_measured_calibration"] = lambda: measured(m_c, b_c, True, compile=True)
+        return paths
+
     if compiled:
         from maxact.models.registry import layer_points
 
         layers = [lp.layer for lp in layer_points(backbone, family)]
-        m_c, b_c = (method, packed) if method != "padded" else ("padded", padded)
-        bare_c = (lambda: compiled_bare_packed_forward(backbone, layers, family, method, rows, dev)) if method != "padded" else None
-        paths["compiled_bare"] = bare_c or (lambda: _compiled_padded_bare(backbone, layers, collated, dev))
-        paths["compiled_measured"] = lambda: measured(m_c, b_c, compile=True)
-        if calibration:
-            paths["compiled_measured_calibration"] = lambda: measured(m_c, b_c, True, compile=True)
+    paths = make_paths(padded, collated, packed, rows)
+    compile_warmup_s = None
+    if compiled:
         # Compile and warm up once (every packed row's shape, dynamic): reported, not timed.
         t0 = time.perf_counter()
         for name in [k for k in paths if k.startswith("compiled")]:
@@ -261,14 +268,15 @@ def interleaved_paths(model, backbone, family, method, samples, padded, collated
     print(f"{label}medians: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items() if v is not None), flush=True)
     res = {"method": method, "rounds": rounds, "paths": summary, "ratios": ratios, "tokens": n_tok,
            "padded_batches": len(padded), "packed_batches": len(packed), "compile_warmup_s": compile_warmup_s}
-    if profile and dev.type == "cuda":
-        res["gpu_ms"] = gpu_time_by_category(paths, dev, label)
+    if profile and dev.type == "cuda":  # one batch of each kind per path: a pass over all of them took minutes
+        res["gpu_ms"] = gpu_time_by_category(make_paths(padded[:1], collated[:1], packed[:1], rows[:1]), dev, label)
     return res
 
 
 def gpu_time_by_category(paths: dict, dev, label: str = "") -> dict:
-    """Each path once more under torch.profiler: its GPU time (ms) per kernel category and its wall time, so that a
-    gap between two paths can be split into what the GPU did more and what it waited for."""
+    """Each path once more under torch.profiler (``paths``: over the first batch): its GPU time (ms) per kernel
+    category and its wall time, so that a gap between two paths can be split into what the GPU did more and what it
+    waited for."""
     from overhead import profile_batch
 
     out = {}
@@ -278,7 +286,7 @@ def gpu_time_by_category(paths: dict, dev, label: str = "") -> dict:
         out[name] = {"wall_ms": timing["wall_ms"], "gpu_ms": sum(v[0] for v in cats.values()),
                      "categories": {k: {"ms": v[0], "kernels": v[1]} for k, v in sorted(cats.items())}}
     cats = sorted({c for v in out.values() for c in v["categories"]})
-    print(f"\n{label}GPU ms per kernel category, one pass of each path under the profiler:")
+    print(f"\n{label}GPU ms per kernel category, each path's first batch under the profiler:")
     print("| category | " + " | ".join(out) + " |")
     print("| --- |" + " ---: |" * len(out))
     for c in cats:
