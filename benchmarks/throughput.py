@@ -410,6 +410,16 @@ def main(argv=None):
     res.update(interleaved_paths(model, bb, family, method, samples, batches, collated, packed, rows, dev, fk, a.repeats,
                                  padded_measured=a.padded_measured, calibration=a.calibration, compiled=a.compiled,
                                  profile=a.profile))
+    if a.compiled and dev.type == "cuda" and method != "padded":
+        # The compiled measurement after its warm-up (the layers are compiled with the hooks by now): host syncs on one
+        # packed row, as for the eager paths above (a sync per layer would leave the GPU idle while the next launches).
+        m3 = Measurement(model, len(samples), dev, full_kinds=fk, packing=method, compile=True)
+        run_batches(m3, samples, [packed[0]], 0)
+        c_syncs = count_host_syncs(lambda: run_batches(m3, samples, [packed[0]], 0), dev)
+        m3.remove()
+        res["host_syncs"].update(compiled_measured=len(c_syncs), compiled_examples=sorted(set(c_syncs))[:5])
+        print(f"host syncs of the compiled measurement on one packed row: {len(c_syncs)} {sorted(set(c_syncs))[:5]}",
+              flush=True)
     if a.profile and dev.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
