@@ -9,9 +9,15 @@ in its closure. Reading it there reports what runs, not what might be installed.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 
 import torch
+
+#: Triton multiplies float32 operands of ``tl.dot`` as TF32 (a 10-bit mantissa) unless this says otherwise
+#: ("ieee": float32). fla's kernels (Qwen3.5's Gated DeltaNet, the Bailing hybrid's KDA) leave the choice to it.
+TRITON_F32_ENV = "TRITON_F32_DEFAULT"
+_set_by_maxact: list[str] = []  # the value maxact put into the environment, if it did (not the user's)
 
 
 def _name(fn) -> str:
@@ -66,7 +72,32 @@ def optional_kernels(model: torch.nn.Module) -> dict[str, str]:
 def cpu_incompatible(model: torch.nn.Module) -> dict[str, str]:
     """Optional kernels bound to a package's (CUDA/Triton) implementation: transformers binds them when it
     imports the model code, whatever the device, and they cannot run on CPU tensors."""
+    return package_kernels(model)
+
+
+def package_kernels(model: torch.nn.Module) -> dict[str, str]:
+    """Optional kernels bound to a package's implementation (fla's Triton kernels, causal-conv1d's CUDA ones)."""
     return {fn: impl for fn, impl in optional_kernels(model).items() if not impl.startswith("torch reference")}
+
+
+def float32_triton_dots(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> str | None:
+    """A float32 measurement on CUDA computes in float32 inside the package kernels too: Triton would multiply
+    their float32 matrices as TF32, about 5e-4 relative rounding, 4,000 times float32's. Sets TRITON_F32_DEFAULT=ieee
+    for such a run (before its first kernel compiles) unless the user set it, and takes maxact's own setting back
+    for any other run in the process. Returns the setting in force where the model runs package kernels on CUDA.
+
+    Triton reads it when it compiles a kernel, and keeps the kernels it compiled earlier in the process (its
+    in-memory cache is keyed without it): it holds from a process's first float32 kernel on, as in a CLI or workflow
+    step, which measures one dtype."""
+    if _set_by_maxact and os.environ.get(TRITON_F32_ENV) == _set_by_maxact[0]:
+        del os.environ[TRITON_F32_ENV]
+    _set_by_maxact.clear()
+    if device.type != "cuda" or not package_kernels(model):
+        return None
+    if dtype == torch.float32 and TRITON_F32_ENV not in os.environ:
+        os.environ[TRITON_F32_ENV] = "ieee"
+        _set_by_maxact.append("ieee")
+    return os.environ.get(TRITON_F32_ENV, "tf32 (Triton's default)")
 
 
 def kernels_used(model: torch.nn.Module) -> dict:
@@ -80,4 +111,7 @@ def kernels_used(model: torch.nn.Module) -> dict:
     opt = optional_kernels(model)
     if opt:
         out["optional"] = opt
+    if any(not impl.startswith("torch reference") for impl in opt.values()):  # package_kernels
+        # how Triton multiplies float32 matrices in them (float32_triton_dots)
+        out["triton_float32_dot"] = os.environ.get(TRITON_F32_ENV, "tf32 (Triton's default)")
     return out

@@ -9,7 +9,7 @@ import torch
 from maxact.errors import InputError
 from maxact.measurement.settings import MeasureSettings, check_dtype, device_map, resolve_device, resolve_dtype
 from maxact.models.checkpoints import load_model
-from maxact.models.kernels_used import cpu_incompatible
+from maxact.models.kernels_used import cpu_incompatible, float32_triton_dots
 from maxact.models.registry import Family
 
 
@@ -45,6 +45,7 @@ def load(prepared: dict, s: MeasureSettings, check: bool = True, device: torch.d
     device = device if device is not None else resolve_device(s.device)
     dtype = resolve_dtype(s.dtype, device)
     model, fam = load_for_measurement(prepared, dtype, s, device)
+    float32_triton_dots(model, device, dtype)
     if check:
         check_dtype(fam, dtype, force=bool(s.force_dtype))
     return Loaded(model, fam, device, dtype)
