@@ -4,7 +4,7 @@
 #   source benchmarks/device_env.sh && bash benchmarks/compiled_device.sh "$OUT" tests|throughput|profile|kernels|families|moe
 # The tests run side by side with pytest-xdist (carry its wheel and execnet's in .whl/; not a test dependency).
 # TESTS_K: a pytest -k expression (a subset of the cases); FAMILIES: the checkpoints benchmarks/families.py takes;
-# TESTS_S, FAMILIES_S: their time limits in seconds; TEST_TIMEOUT: one test case's (pytest-timeout).
+# TESTS_S, FAMILIES_S: their time limits in seconds; TESTS_N: pytest-xdist's workers (11); TEST_TIMEOUT: one test case's (pytest-timeout).
 set -uo pipefail
 out=${1:?usage: compiled_device.sh OUT tests|throughput|profile|kernels|families|moe}
 shift
@@ -15,7 +15,7 @@ for what in "$@"; do
     case $what in
     tests)  # pytest-xdist: the families compile side by side (inductor's compile is CPU-bound); -v names each case as it
         # ends, so a run cut by TESTS_S still says which passed and which failed (the summary comes only at the end)
-        MAXACT_COMPILE_REPORT="$out/cuda_compile_report.jsonl" timeout "${TESTS_S:-300}" python3 -m pytest -v -n 11 \
+        MAXACT_COMPILE_REPORT="$out/cuda_compile_report.jsonl" timeout "${TESTS_S:-300}" python3 -m pytest -v -n "${TESTS_N:-11}" \
             -p no:cacheprovider --timeout "${TEST_TIMEOUT:-240}" -rfs --tb=short ${TESTS_K:+-k "$TESTS_K"} \
             tests/measurement/test_cuda_compiled.py 2>&1 | grep -v 'PytestBenchmarkWarning\|warner(' >"$out/cuda_compiled_tests.txt"
         grep -c ' PASSED ' "$out/cuda_compiled_tests.txt"; grep ' FAILED \|^FAILED\|^E  ' "$out/cuda_compiled_tests.txt" | tail -40 ;;
