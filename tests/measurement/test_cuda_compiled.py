@@ -12,8 +12,9 @@ forwards, tests/measurement/test_cuda_packing.py). The tests ask, for every fami
   signed values can be near zero: its rounding error scales with the values, not with the mean), and the same
   global max location. fla's kernels (Qwen3.5, the Bailing hybrid) multiply float32 in float32 only because maxact
   sets TRITON_F32_DEFAULT=ieee for a float32 run (kernels_used.float32_triton_dots): in Triton's default TF32 a
-  rounding difference anywhere before them can move their output by a TF32 step, about 1e-3 (the Bailing hybrid's
-  layer_1_mlp_gate moved 7.7e-4 before it was set);
+  rounding difference anywhere before them can move their output by a TF32 step, about 1e-3 (under TF32 the Bailing
+  hybrid's layer 0 KDA output moved 7.7e-4 compiled against eager, with the same expert routing, and layer 1 after it:
+  benchmarks/measured/h100-2026-12-07-f32-tf32);
 - the compiled runs hand their statistics over without a graph break where the forward is packed (unless the
   family's registry entry says why its graph breaks: Gemma 2's FlexAttention).
 
