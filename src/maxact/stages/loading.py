@@ -19,6 +19,8 @@ class Loaded:
     family: Family
     device: torch.device
     dtype: torch.dtype
+    # how Triton multiplies float32 inside the model's package kernels (None: it runs none on this device)
+    triton_float32_dot: str | None = None
 
 
 def load_for_measurement(prepared: dict, dtype, s: MeasureSettings, device: torch.device):
@@ -45,7 +47,7 @@ def load(prepared: dict, s: MeasureSettings, check: bool = True, device: torch.d
     device = device if device is not None else resolve_device(s.device)
     dtype = resolve_dtype(s.dtype, device)
     model, fam = load_for_measurement(prepared, dtype, s, device)
-    float32_triton_dots(model, device, dtype)
+    dots = float32_triton_dots(model, device, dtype)
     if check:
         check_dtype(fam, dtype, force=bool(s.force_dtype))
-    return Loaded(model, fam, device, dtype)
+    return Loaded(model, fam, device, dtype, dots)

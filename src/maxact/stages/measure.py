@@ -155,7 +155,9 @@ def measure_checkpoint(
                 # v2: the state holds the linear inputs (older files lack them); the experts implementation decides
                 # whether the fused experts' down projections are recorded
                 "linear_inputs": f"v2:{getattr(text_cfg, '_experts_implementation', None)}" if s.records_linear_inputs else False,
-                "plan_sha256": plan_digest(plan)}
+                "plan_sha256": plan_digest(plan),
+                # fla's kernels in float32 or TF32 (kernels_used.float32_triton_dots); only where the model runs them
+                **({"triton_float32_dot": loaded.triton_float32_dot} if loaded.triton_float32_dot else {})}
     resume = ResumeFile(resume_dir or out_dir, s.checkpoint_every, batches, {**identity, "shard": shard.label if shard else None})
     start = resume.restore(meas, device)
 
