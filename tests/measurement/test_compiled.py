@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ import torch
 
 from maxact.cli import main
 from maxact.errors import InputError
+from maxact.measurement import compiled
 from maxact.measurement.compiled import resolve_compile
 from maxact.models.registry import Compile, family_for
 from tiny_models import TINY_CONFIGS, save_tiny_checkpoint
@@ -260,3 +262,17 @@ def test_a_layer_compiled_bare_before_is_traced_again_with_the_hooks(tmp_path, m
             model.model(input_ids=c.input_ids, attention_mask=c.attention_mask, use_cache=False)
     with pytest.raises(RuntimeError, match="returned without handing over any measured tensor"):
         measure(True)
+
+
+def test_inductor_cache_folder_follows_the_triton_float32_setting(tmp_path, monkeypatch):
+    """Inductor's graph cache holds fla's kernels compiled under one setting and is keyed without it."""
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_F32_DEFAULT"):
+        monkeypatch.setenv(name, "x")  # recorded first, so that the teardown puts back what was there (or nothing)
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(compiled, "_INDUCTOR_SET", [])
+    assert compiled.use_cache_dir(tmp_path) == str(tmp_path / "inductor")
+    monkeypatch.setenv("TRITON_F32_DEFAULT", "ieee")
+    assert compiled.use_cache_dir(tmp_path) == str(tmp_path / "inductor-triton-f32-ieee")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor-triton-f32-ieee")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's own folder is kept
+    assert compiled.use_cache_dir(tmp_path) == str(tmp_path / "mine")

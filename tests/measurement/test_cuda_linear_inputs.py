@@ -4,7 +4,9 @@
   equal the float64 CPU reference of test_linear_inputs.py (plain hooks, one sample at a time) within
   float32 tolerance, the down projections' inputs of fused experts included. Families with linear-attention
   layers (Qwen3.5's Gated DeltaNet, the Bailing hybrid) run flash-linear-attention's Triton kernels on CUDA,
-  whose float32 dots use TF32 (10-bit mantissa): there within LINEAR_ATTENTION_RTOL;
+  whose float32 dots used TF32 (10-bit mantissa) before maxact set TRITON_F32_DEFAULT=ieee for float32 runs
+  (kernels_used.float32_triton_dots): there within LINEAR_ATTENTION_RTOL, measured under TF32 and not yet
+  tightened (not rerun on a GPU since);
 - bf16, varlen-packed against padded batches: every nn.Linear's per-channel max |x| within BF16_STEPS bf16
   steps (the two runs' attention kernels round differently, see test_cuda_packing.py), and the same
   number of tokens per module;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 import torch
@@ -11,42 +12,59 @@ from maxact.models import kernels_used as ku
 from tiny_models import tiny_model
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+FLA = {"chunk_gated_delta_rule": "fla.ops.gated_delta_rule.chunk.chunk_gated_delta_rule"}
+
+
+def _unset(monkeypatch, name):
+    monkeypatch.setenv(name, "x")  # recorded first, so that the teardown puts back what was there (or nothing)
+    monkeypatch.delenv(name)
 
 
 @pytest.fixture
 def fla_bound(monkeypatch):
-    """A model whose optional kernel is bound to fla's implementation (what transformers binds where fla imports)."""
-    monkeypatch.setattr(ku, "package_kernels", lambda model: {"chunk_gated_delta_rule": "fla.ops.gated_delta_rule.chunk"})
-    monkeypatch.delenv(ku.TRITON_F32_ENV, raising=False)
+    """transformers bound the model's optional kernel to fla's implementation (as where fla imports)."""
+    monkeypatch.setattr(ku, "optional_kernels", lambda model: dict(FLA))
+    _unset(monkeypatch, ku.TRITON_F32_ENV)
     monkeypatch.setattr(ku, "_set_by_maxact", [])
 
 
 def test_float32_on_cuda_asks_triton_for_ieee_float32_and_takes_it_back_after(fla_bound):
-    import os
-
     assert ku.float32_triton_dots(None, CUDA, torch.float32) == "ieee"
     assert os.environ[ku.TRITON_F32_ENV] == "ieee"
-    # a bf16 run after it in the same process gets Triton's default again, as in a fresh process
-    assert ku.float32_triton_dots(None, CUDA, torch.bfloat16) == "tf32 (Triton's default)"
+    # a bf16 or float16 run after it in the same process gets Triton's default again, as in a fresh process
+    assert ku.float32_triton_dots(None, CUDA, torch.bfloat16) == ku.TRITON_DEFAULT
     assert ku.TRITON_F32_ENV not in os.environ
+    assert ku.float32_triton_dots(None, CUDA, torch.float16) == ku.TRITON_DEFAULT
 
 
-def test_the_users_own_setting_is_kept(fla_bound, monkeypatch):
-    import os
+@pytest.mark.parametrize("users", ["tf32", "ieee"])
+def test_the_users_own_setting_is_kept(fla_bound, monkeypatch, users):
+    monkeypatch.setenv(ku.TRITON_F32_ENV, users)
+    assert ku.float32_triton_dots(None, CUDA, torch.float32) == users
+    assert ku.float32_triton_dots(None, CUDA, torch.bfloat16) == users
+    assert os.environ[ku.TRITON_F32_ENV] == users
 
-    monkeypatch.setenv(ku.TRITON_F32_ENV, "tf32")
-    assert ku.float32_triton_dots(None, CUDA, torch.float32) == "tf32"
-    assert ku.float32_triton_dots(None, CUDA, torch.bfloat16) == "tf32"
-    assert os.environ[ku.TRITON_F32_ENV] == "tf32"
+
+def test_an_empty_variable_is_triton_default_and_float32_still_gets_ieee(fla_bound, monkeypatch):
+    monkeypatch.setenv(ku.TRITON_F32_ENV, "")  # Triton reads "" as unset
+    assert ku.triton_f32_setting() == ku.TRITON_DEFAULT
+    assert ku.float32_triton_dots(None, CUDA, torch.float32) == "ieee"
 
 
 def test_nothing_is_set_on_the_cpu_or_without_package_kernels(fla_bound, monkeypatch):
-    import os
-
     assert ku.float32_triton_dots(None, CPU, torch.float32) is None
-    monkeypatch.setattr(ku, "package_kernels", lambda model: {})
+    monkeypatch.setattr(ku, "optional_kernels", lambda model: {"chunk_gated_delta_rule": "torch reference (fla not importable)"})
     assert ku.float32_triton_dots(None, CUDA, torch.float32) is None
     assert ku.TRITON_F32_ENV not in os.environ
+
+
+def test_kernels_used_records_the_setting_only_where_package_kernels_run(fla_bound, monkeypatch):
+    model = tiny_model("llama")
+    assert ku.kernels_used(model)["triton_float32_dot"] == ku.TRITON_DEFAULT
+    ku.float32_triton_dots(model, CUDA, torch.float32)
+    assert ku.kernels_used(model)["triton_float32_dot"] == "ieee"
+    monkeypatch.setattr(ku, "optional_kernels", lambda model: {})
+    assert "triton_float32_dot" not in ku.kernels_used(model)
 
 
 def _fla_imports() -> bool:
@@ -59,7 +77,7 @@ def _fla_imports() -> bool:
 
 @pytest.mark.skipif(not _fla_imports(), reason="transformers binds fla's kernels only where fla imports")
 def test_a_qwen3_5_model_with_fla_records_the_setting_in_its_kernels(monkeypatch):
-    monkeypatch.delenv(ku.TRITON_F32_ENV, raising=False)
+    _unset(monkeypatch, ku.TRITON_F32_ENV)
     monkeypatch.setattr(ku, "_set_by_maxact", [])
     model = tiny_model("qwen3_5_text")
     assert ku.float32_triton_dots(model, CUDA, torch.float32) == "ieee"

@@ -136,13 +136,19 @@ class Captures:
         self.expecting = set()
 
 
+_INDUCTOR_SET: list[str] = []  # the folder maxact put into the environment, if it did (not the user's)
+
+
 def use_cache_dir(cache_dir) -> str:
     """Inductor's on-disk cache under the study's cache folder (unless the user set one), so that compiled kernels
-    are reused across the checkpoints and runs of a study."""
+    are reused across the checkpoints and runs of a study. One folder per TRITON_F32_DEFAULT: inductor's graph cache
+    holds the Triton kernels of the packages it compiled in (fla's) and is keyed without that setting."""
     d = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if not d:
-        d = str(Path(cache_dir) / "inductor")
+    if not d or (_INDUCTOR_SET and d == _INDUCTOR_SET[0]):
+        f32 = os.environ.get("TRITON_F32_DEFAULT")
+        d = str(Path(cache_dir) / ("inductor" + (f"-triton-f32-{re.sub(r'[^A-Za-z0-9]', '', f32)}" if f32 else "")))
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = d
+        _INDUCTOR_SET[:] = [d]
     return d
 
 

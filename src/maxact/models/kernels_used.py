@@ -80,24 +80,32 @@ def package_kernels(model: torch.nn.Module) -> dict[str, str]:
     return {fn: impl for fn, impl in optional_kernels(model).items() if not impl.startswith("torch reference")}
 
 
+TRITON_DEFAULT = "tf32 (Triton's default)"
+
+
+def triton_f32_setting() -> str:
+    """How Triton multiplies float32 in the kernels it compiles now (an empty variable is its default too)."""
+    return os.environ.get(TRITON_F32_ENV) or TRITON_DEFAULT
+
+
 def float32_triton_dots(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> str | None:
     """A float32 measurement on CUDA computes in float32 inside the package kernels too: Triton would multiply
-    their float32 matrices as TF32, about 5e-4 relative rounding, 4,000 times float32's. Sets TRITON_F32_DEFAULT=ieee
+    their float32 matrices as TF32, about 5e-4 relative rounding, 8,000 times float32's. Sets TRITON_F32_DEFAULT=ieee
     for such a run (before its first kernel compiles) unless the user set it, and takes maxact's own setting back
     for any other run in the process. Returns the setting in force where the model runs package kernels on CUDA.
 
     Triton reads it when it compiles a kernel, and keeps the kernels it compiled earlier in the process (its
     in-memory cache is keyed without it): it holds from a process's first float32 kernel on, as in a CLI or workflow
-    step, which measures one dtype."""
+    step, which measures one dtype. Inductor's cache folder is kept apart per setting (compiled.use_cache_dir)."""
     if _set_by_maxact and os.environ.get(TRITON_F32_ENV) == _set_by_maxact[0]:
         del os.environ[TRITON_F32_ENV]
     _set_by_maxact.clear()
     if device.type != "cuda" or not package_kernels(model):
         return None
-    if dtype == torch.float32 and TRITON_F32_ENV not in os.environ:
+    if dtype == torch.float32 and not os.environ.get(TRITON_F32_ENV):
         os.environ[TRITON_F32_ENV] = "ieee"
         _set_by_maxact.append("ieee")
-    return os.environ.get(TRITON_F32_ENV, "tf32 (Triton's default)")
+    return triton_f32_setting()
 
 
 def kernels_used(model: torch.nn.Module) -> dict:
@@ -111,7 +119,6 @@ def kernels_used(model: torch.nn.Module) -> dict:
     opt = optional_kernels(model)
     if opt:
         out["optional"] = opt
-    if any(not impl.startswith("torch reference") for impl in opt.values()):  # package_kernels
-        # how Triton multiplies float32 matrices in them (float32_triton_dots)
-        out["triton_float32_dot"] = os.environ.get(TRITON_F32_ENV, "tf32 (Triton's default)")
+    if package_kernels(model):  # how Triton multiplies float32 matrices in them (float32_triton_dots)
+        out["triton_float32_dot"] = triton_f32_setting()
     return out

@@ -32,7 +32,7 @@ from maxact.measurement.shards import Shard, plan_digest, save_state, shard_rang
 from maxact.measurement.summary import assemble_result, per_sample_table
 from maxact.models import packed_attention
 from maxact.models.checkpoints import load_tokenizer
-from maxact.models.kernels_used import kernels_used
+from maxact.models.kernels_used import TRITON_DEFAULT, kernels_used
 from maxact.stages.loading import load
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,10 @@ def measure_checkpoint(
                 # whether the fused experts' down projections are recorded
                 "linear_inputs": f"v2:{getattr(text_cfg, '_experts_implementation', None)}" if s.records_linear_inputs else False,
                 "plan_sha256": plan_digest(plan),
-                # fla's kernels in float32 or TF32 (kernels_used.float32_triton_dots); only where the model runs them
-                **({"triton_float32_dot": loaded.triton_float32_dot} if loaded.triton_float32_dot else {})}
+                # fla's kernels in IEEE float32 (kernels_used.float32_triton_dots): only where set, so that states
+                # saved under Triton's default (every bf16 run, float32 before maxact set it) keep their identity
+                **({"triton_float32_dot": loaded.triton_float32_dot}
+                   if loaded.triton_float32_dot not in (None, TRITON_DEFAULT) else {})}
     resume = ResumeFile(resume_dir or out_dir, s.checkpoint_every, batches, {**identity, "shard": shard.label if shard else None})
     start = resume.restore(meas, device)
 
