@@ -71,7 +71,7 @@ def test_gpu_only_kernel_on_cpu_is_a_clear_error(tmp_path, model_dir, capsys, mo
     """transformers binds fla's Triton kernels at import, whatever the device: a CPU run stops before any batch."""
     import maxact.stages.loading
 
-    monkeypatch.setattr(maxact.stages.loading, "cpu_incompatible",
+    monkeypatch.setattr(maxact.stages.loading, "package_kernels",
                         lambda model: {"chunk_gated_delta_rule": "fla.ops.gated_delta_rule.chunk.chunk_gated_delta_rule"})
     texts = _texts(tmp_path, [{"id": "a", "text": "hello"}])
     out = tmp_path / "o"

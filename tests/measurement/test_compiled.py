@@ -126,6 +126,15 @@ def test_resolve_compile_follows_the_registry():
         resolve_compile(fam, "yes", "cuda")
 
 
+def test_declared_graph_breaks_name_their_reasons():
+    """A family whose packed graph may break says why and for which of dynamo's reasons (the CUDA checks accept
+    no other); one that declares no break declares no reason either."""
+    from maxact.models.registry import FAMILIES
+
+    for fam in FAMILIES:
+        assert bool(fam.compile.breaks) == bool(fam.compile.break_reasons), fam.name
+
+
 def test_bad_compile_setting_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["measure", "--model", "x/y", "--texts", "t.jsonl", "--out", str(tmp_path / "o"), "--compile", "maybe"])

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from maxact.errors import InputError
+from maxact.models.kernels_used import TRITON_F32_ENV
 
 MODES = ("auto", "on", "off")
 
@@ -145,7 +146,7 @@ def use_cache_dir(cache_dir) -> str:
     holds the Triton kernels of the packages it compiled in (fla's) and is keyed without that setting."""
     d = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if not d or (_INDUCTOR_SET and d == _INDUCTOR_SET[0]):
-        f32 = os.environ.get("TRITON_F32_DEFAULT")
+        f32 = os.environ.get(TRITON_F32_ENV)
         d = str(Path(cache_dir) / ("inductor" + (f"-triton-f32-{re.sub(r'[^A-Za-z0-9]', '', f32)}" if f32 else "")))
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = d
         _INDUCTOR_SET[:] = [d]

@@ -69,15 +69,14 @@ def optional_kernels(model: torch.nn.Module) -> dict[str, str]:
     return out
 
 
-def cpu_incompatible(model: torch.nn.Module) -> dict[str, str]:
-    """Optional kernels bound to a package's (CUDA/Triton) implementation: transformers binds them when it
-    imports the model code, whatever the device, and they cannot run on CPU tensors."""
-    return package_kernels(model)
+def _bound(opt: dict[str, str]) -> dict[str, str]:
+    return {fn: impl for fn, impl in opt.items() if not impl.startswith("torch reference")}
 
 
 def package_kernels(model: torch.nn.Module) -> dict[str, str]:
-    """Optional kernels bound to a package's implementation (fla's Triton kernels, causal-conv1d's CUDA ones)."""
-    return {fn: impl for fn, impl in optional_kernels(model).items() if not impl.startswith("torch reference")}
+    """Optional kernels bound to a package's implementation (fla's Triton kernels, causal-conv1d's CUDA ones).
+    transformers binds them when it imports the model code, whatever the device: they cannot run on CPU tensors."""
+    return _bound(optional_kernels(model))
 
 
 TRITON_DEFAULT = "tf32 (Triton's default)"
@@ -119,6 +118,6 @@ def kernels_used(model: torch.nn.Module) -> dict:
     opt = optional_kernels(model)
     if opt:
         out["optional"] = opt
-    if package_kernels(model):  # how Triton multiplies float32 matrices in them (float32_triton_dots)
+    if _bound(opt):  # how Triton multiplies float32 matrices in them (float32_triton_dots)
         out["triton_float32_dot"] = triton_f32_setting()
     return out

@@ -96,8 +96,9 @@ class Compile:
     # What was checked and what is missing where ``checked`` lacks a device (recorded with the eager run's reason).
     note: str = ""
     # Why the compiled layer's graph breaks where the forward is packed (none expected elsewhere: the CUDA checks
-    # accept breaks only where this says why).
+    # accept breaks only where this says why), and dynamo's reasons for those breaks: the checks accept no other.
     breaks: str = ""
+    break_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,13 @@ _EQUAL_NOT_TIMED = Compile(note="compiled and eager agree on an H100 (bf16 and f
                                 "measured yet (benchmarks/families.py --compiled)")
 
 
-def _equal_timed(rounds: tuple[float, ...], checkpoint: str, breaks: str = "") -> Compile:
+def _equal_timed(rounds: tuple[float, ...], checkpoint: str, breaks: str = "", break_reasons: tuple[str, ...] = ()) -> Compile:
     """Compiled and eager checked equal on CUDA, and the compiled measurement timed at ``rounds`` times the eager one
     (families.py --compiled, round by round): ``auto`` compiles on CUDA only if every round reached AUTO_MIN_GAIN. The
     note keeps the figures; ``breaks``: why the packed graph breaks where it does."""
     figures = " and ".join(f"{g:.3f}x" for g in rounds)
     faster = min(rounds) >= AUTO_MIN_GAIN
-    return Compile(checked=("cuda",) if faster else (), breaks=breaks,
+    return Compile(checked=("cuda",) if faster else (), breaks=breaks, break_reasons=break_reasons,
                    note=f"compiled and eager agree on an H100 (bf16 and float32, tiny size); compiled / eager measurement "
                         f"{figures} in {len(rounds)} rounds ({checkpoint} shape, first 4 layers, H100; goal 1.2x; not "
                         "measured at full depth)" + ("" if faster else f": auto compiles only where every round reaches "
@@ -198,7 +199,9 @@ FAMILIES: tuple[Family, ...] = (
            packing=Packing(kernel="flex_attention"),
            compile=_equal_timed((1.089, 1.164), "gemma-2-9b",
                                  breaks="maxact's packed FlexAttention (its own compiled kernel and per-row block-mask "
-                                        "cache) runs between graphs"),
+                                        "cache) runs between graphs",
+                                 # dynamo skips the call into it (9 breaks, nothing else, on an H100: h100-2026-12-07-compile)
+                                 break_reasons=("Attempted to call function marked as skipped",)),
            notes="attention logit soft-capping: no SDPA"),
     Family("gemma3_text", ("gemma3_text",), residual_in=_SANDWICH, fp16_unsafe=True,
            compile=_GEMMA3_COMPILE,

@@ -9,7 +9,7 @@ import torch
 from maxact.errors import InputError
 from maxact.measurement.settings import MeasureSettings, check_dtype, device_map, resolve_device, resolve_dtype
 from maxact.models.checkpoints import load_model
-from maxact.models.kernels_used import cpu_incompatible, float32_triton_dots
+from maxact.models.kernels_used import float32_triton_dots, package_kernels
 from maxact.models.registry import Family
 
 
@@ -28,7 +28,7 @@ def load_for_measurement(prepared: dict, dtype, s: MeasureSettings, device: torc
     model, fam = load_model(prepared, dtype, device_map=device_map(s, device), attn_implementation=s.attn_implementation,
                             device=device)
     if device.type == "cpu":
-        bound = cpu_incompatible(model)
+        bound = package_kernels(model)
         if bound:
             pkgs = sorted({impl.split(".")[0] for impl in bound.values()})
             raise InputError(
