@@ -63,6 +63,7 @@ def same_as_uninterrupted(study_wd: Path, wd: Path) -> None:
     assert not problems, "\n".join(problems[:30])
 
 
+@pytest.mark.extended  # about 3 min; a killed run's recovery stays in CI (the forced rerun below, the sharded study's)
 def test_kills_at_several_points_then_a_plain_run_completes_the_study(study, tmp_path):
     """One working directory, killed three times on its way (kill -9 in measure, Ctrl-C in calibration, kill -9 of
     everything in render), then one plain run: the study is complete and equal to the uninterrupted one."""

@@ -63,6 +63,7 @@ def test_smollm2_int8_static_breaks_at_the_massive_activation(tmp_path):
     assert sq["logits_rel_l2"] < f["int8_dynamic"]["logits_rel_l2"]
 
 
+@pytest.mark.extended  # about 3 min on CI's 2 cores; the SmolLM2 cases above stay in CI
 def test_gemma3_smoothing_is_not_covered_and_changes_nothing(tmp_path):
     doc = _measure(GEMMA, tmp_path)
     f = doc["formats"]

@@ -34,7 +34,7 @@ def study_tokens(tmp_path_factory):
     return read_corpus(out), manifest["sha256"], cfg
 
 
-@pytest.mark.parametrize("entry", [SMOL, GEMMA], ids=["smollm2", "gemma3"])
+@pytest.mark.parametrize("entry", [SMOL, pytest.param(GEMMA, marks=pytest.mark.extended)], ids=["smollm2", "gemma3"])
 def test_paper_definition_matches_the_papers_script(study_tokens, entry):
     records, corpus_sha, cfg = study_tokens
     ref = [r for r in json.loads(REFERENCE.read_text())["rows"] if r["checkpoint"] == entry["name"]]

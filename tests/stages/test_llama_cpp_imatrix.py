@@ -96,6 +96,7 @@ def test_llama_cpp_reads_and_agrees_with_maxacts_imatrix(tmp_path):
     assert np.all((ratios > 0.5) & (ratios < 2)), {n: a[n] / b[n] for n in common if not 0.5 < a[n] / b[n] < 2}
 
 
+@pytest.mark.extended  # llama.cpp reading maxact's imatrix stays in CI (above)
 def test_quant_eval_runs_llama_cpp_with_and_without_maxacts_imatrix(tmp_path):
     """The quant_eval stage's llama.cpp part on the real SmolLM2: its GGUF dequantized to F32, Q4_K_M and IQ3_XXS made
     with and without maxact's imatrix, all scored by llama-perplexity on the same text; the imatrix lowers the
