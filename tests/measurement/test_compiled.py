@@ -3,8 +3,9 @@ and with every decoder layer compiled agrees on every statistic, top value and p
 tolerance (inductor's fused kernels round differently), and the global max has the same value and location.
 
 Every tiny model type of the registry is checked, all in CI (each compile takes 10-20 s on the CPU); llama, qwen3_moe
-and gemma3_text are the three that stay where slow tests are deselected (-m "not slow"), the others marked slow. The statistics hooks inside a compiled layer hand their tensors over without a graph
-break (maxact.measurement.compiled.Captures): dynamo reports none, and one graph serves every layer."""
+and gemma3_text are the three that stay where slow tests are deselected (-m "not slow"), the others marked slow. The
+statistics hooks inside a compiled layer hand their tensors over without a graph break
+(maxact.measurement.compiled.Captures): dynamo reports none, and one graph serves every layer."""
 
 from __future__ import annotations
 

@@ -139,8 +139,8 @@ _QWEN_MOE = MoESpec(router="gate", moe_gate_transform="softmax")
 
 # measure.compile (maxact.measurement.compiled). auto compiles where compiled and eager agree within the stated bounds
 # on the GPU (tests/measurement/test_cuda_compiled.py, bf16 and float32: benchmarks/measured/h100-2026-12-06-compile,
-# h100-2026-12-07-compile, h100-2026-12-07b-equality) and the compiled measurement was measured faster than the eager one by at least
-# AUTO_MIN_GAIN in every round (benchmarks/throughput.py, families.py --compiled: h200-2026-12-06-compile-fixed,
+# h100-2026-12-07-compile, h100-2026-12-07b-equality) and the compiled measurement was measured faster than the eager
+# one by at least AUTO_MIN_GAIN in every round (benchmarks/throughput.py, families.py --compiled: h200-2026-12-06-compile-fixed,
 # h100-2026-12-07-compile). The first speed figures
 # (h100-2026-12-06-compile) are void: the compiled bare forward ran first there and dynamo reused its hook-less graph for
 # the measurement (fixed in RegionalCompile), so they timed no statistic inside the layers. The 4-layer figures of
@@ -158,7 +158,7 @@ _EQUAL_NOT_TIMED = Compile(note="compiled and eager agree on an H100 (bf16 and f
 def _equal_timed(rounds: tuple[float, ...], checkpoint: str, breaks: str = "", break_reasons: tuple[str, ...] = ()) -> Compile:
     """Compiled and eager checked equal on CUDA, and the compiled measurement timed at ``rounds`` times the eager one
     (families.py --compiled, round by round): ``auto`` compiles on CUDA only if every round reached AUTO_MIN_GAIN. The
-    note keeps the figures; ``breaks``: why the packed graph breaks where it does."""
+    note keeps the figures; ``breaks``: why the packed graph breaks where it does, ``break_reasons``: dynamo's reasons."""
     figures = " and ".join(f"{g:.3f}x" for g in rounds)
     faster = min(rounds) >= AUTO_MIN_GAIN
     return Compile(checked=("cuda",) if faster else (), breaks=breaks, break_reasons=break_reasons,
