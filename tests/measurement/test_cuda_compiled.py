@@ -1,8 +1,9 @@
 """Compiled measurement on CUDA (measure.compile: on against off; run on an H100/H200).
 
-In bf16 the compiled layers' fused kernels round where eager rounds each op's output, so an activation can land
-one or two bf16 steps apart, and a difference in layer 0 is carried into layer 1 (as between packed and padded
-forwards, tests/measurement/test_cuda_packing.py). The tests ask, for every family at tiny size, that
+In bf16 the compiled layers' fused kernels round to bf16 where eager's ops do (compiled.INDUCTOR_OPTIONS:
+emulate_precision_casts), but their reductions and transcendental functions need not round as ATen's do, so an
+activation can land a bf16 step or two apart, and a difference in layer 0 is carried into layer 1 (as between packed
+and padded forwards, tests/measurement/test_cuda_packing.py). The tests ask, for every family at tiny size, that
 
 - the global max differs by at most one bf16 step of its value, at the same location (point, sample, position,
   channel) unless the eager run's runner-up lies within that step (a tie, shown in the report);
