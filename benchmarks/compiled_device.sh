@@ -4,7 +4,9 @@
 #   source benchmarks/device_env.sh && bash benchmarks/compiled_device.sh "$OUT" tests|throughput|profile|kernels|families|moe
 # The tests run side by side with pytest-xdist (carry its wheel and execnet's in .whl/; not a test dependency).
 # TESTS_K: a pytest -k expression (a subset of the cases); FAMILIES: the checkpoints benchmarks/families.py takes;
-# TESTS_S, FAMILIES_S: their time limits in seconds; TESTS_N: pytest-xdist's workers (11); TEST_TIMEOUT: one test case's (pytest-timeout).
+# TESTS_S, FAMILIES_S: their time limits in seconds; TESTS_N: pytest-xdist's workers (11); TEST_TIMEOUT: one test case's
+# (pytest-timeout). A Qwen3.5 case compiles for about 350 s (fla's kernels; 8 cases side by side on an H100) and its
+# float32 case, two processes, took about 500 s: give those cases 560 s (TEST_TIMEOUT=550 TESTS_S=560).
 set -uo pipefail
 out=${1:?usage: compiled_device.sh OUT tests|throughput|profile|kernels|families|moe}
 shift

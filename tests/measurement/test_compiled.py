@@ -1,6 +1,7 @@
 """Regional compilation (measure.compile) on the CPU in float32: a checkpoint folder measured by `maxact measure` eager
 and with every decoder layer compiled agrees on every statistic, top value and per-sample extreme within float32
-tolerance (inductor's fused kernels round differently), and the global max has the same value and location.
+tolerance (inductor's fused kernels round differently), and the global max has the same value and location. In bf16,
+the real checkpoints' global max is the same compiled (with eager's rounding) and eager.
 
 Every tiny model type of the registry is checked, all in CI (each compile takes 10-20 s on the CPU); llama, qwen3_moe
 and gemma3_text are the three that stay where slow tests are deselected (-m "not slow"), the others marked slow. The
@@ -71,6 +72,7 @@ def test_compiled_measurement_equals_eager_on_cpu(tmp_path, model_type):
     comp = c["provenance"]["compile"]
     assert comp["setting"] == "on" and comp["compiled"] is True and comp["layers"] == 2 and comp["unique_graphs"] > 0
     assert comp["compile_seconds"] > 0 and comp["inductor_cache"]
+    assert comp["inductor_options"] == {}  # float32: no 16-bit rounding to emulate (compiled.inductor_options)
     breaks = comp["graph_break_reasons"]
     assert all(k.endswith(PADDED_MOE_BREAK) for k in breaks), breaks
     moe = "moe" in model_type or model_type in ("gpt_oss", "bailing_hybrid")
@@ -169,15 +171,17 @@ def test_real_checkpoint_compiled_equals_eager_on_cpu(name, tmp_path):
 
 
 @pytest.mark.slow
+# about 30 s for SmolLM2 and 45 s for Gemma-3-270m on 2 cores (the conversion from GGUF cached by the float32 test)
 @pytest.mark.parametrize("name", ["smollm2", pytest.param("gemma3", marks=pytest.mark.extended)])
 def test_real_checkpoint_compiled_rounds_like_eager_in_bf16_on_cpu(name, tmp_path):
-    """The real SmolLM2-135M and Gemma-3-270m in bf16 on the CPU: compiled and eager give the same global max, within
-    one bf16 step at the same location. inductor keeps float32 between the ops it fuses unless told to round where
-    eager rounds (compiled.INDUCTOR_OPTIONS: emulate_precision_casts). Without that, SmolLM2's global max (28,928 eager,
-    layer 11's residual stream) came out 28,544 compiled, 3 steps lower, and Gemma-3-270m's (76,800, layer 13) 78,848,
-    4 steps higher. With it both are the same value; their points' max and min were within 3 bf16 steps (SmolLM2)
-    and 8 (Gemma-3-270m; 51 of 220 differ: inductor's reductions and transcendental functions round differently
-    from ATen's, and 18 layers carry it on)."""
+    """The real SmolLM2-135M and Gemma-3-270m in bf16 on the CPU, compiled with eager's rounding
+    (compiled.INDUCTOR_OPTIONS: emulate_precision_casts): the global max within one bf16 step of eager's, at the same
+    point, sample, position and channel (unless eager's runner-up ties within that step).
+
+    inductor otherwise keeps float32 between the ops it fuses. Without the option SmolLM2's global max (28,928 eager,
+    layer 11's residual stream) came out 28,544 compiled (3 steps lower) and Gemma-3-270m's (76,800, layer 13)
+    78,848 (4 steps higher), failing this test; with it both came out equal to eager's. The runs behind these figures,
+    with every point's differences: benchmarks/measured/cpu-2026-12-07-rounding."""
     import torch._dynamo  # noqa: F811 (the submodule)
     from test_cuda_packing import bf16_step
     from test_packing import real_runs
@@ -189,8 +193,18 @@ def test_real_checkpoint_compiled_rounds_like_eager_in_bf16_on_cpu(name, tmp_pat
                      {"eager": {"compile": "off"}, "compiled": {"compile": "on"}})
     e, c = runs["eager"], runs["compiled"]
     assert c["provenance"]["compile"]["inductor_options"] == {"emulate_precision_casts": True}
-    assert e["global_max_location"] == c["global_max_location"]
-    assert abs(c["global_max_activation"] - e["global_max_activation"]) <= bf16_step(e["global_max_activation"])
+    g_e = e["global_max_activation"]
+    assert abs(c["global_max_activation"] - g_e) <= bf16_step(g_e)
+    tops = e["top_activations"][e["peak"]["component"]]
+    if not (len(tops) > 1 and abs(abs(tops[0]["value"]) - abs(tops[1]["value"])) <= bf16_step(g_e)):
+        where = ("component", "sample_id", "position", "channel")
+        assert {k: e["peak"][k] for k in where} == {k: c["peak"][k] for k in where}
+
+
+def test_inductor_options_round_like_eager_only_in_16_bit():
+    assert compiled.inductor_options(torch.bfloat16) == compiled.inductor_options(torch.float16) == {
+        "emulate_precision_casts": True}
+    assert compiled.inductor_options(torch.float32) == {}
 
 
 def test_every_family_declares_its_compile_status():

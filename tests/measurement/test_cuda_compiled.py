@@ -100,7 +100,8 @@ def test_compiled_matches_eager_in_bf16(tmp_path, model_type):
                                    "same_location": same_place, "tie_within_a_step": tied,
                                    "packing": c["provenance"]["packing"]["method"],
                                    **{k: comp.get(k) for k in ("unique_graphs", "graph_breaks", "recompiles",
-                                                               "compile_seconds", "graph_break_reasons")}})
+                                                               "compile_seconds", "graph_break_reasons",
+                                                               "inductor_options")}})
     bad = {f"{p}:{k}": round(v, 2) for (p, k), v in steps.items() if v > BF16_STEPS}
     assert not bad, (model_type, bad)
     assert gsteps <= 1, (model_type, g_e, g_c)
@@ -132,7 +133,8 @@ def test_compiled_matches_eager_in_float32(tmp_path, model_type):
                                       "same_routing": e.get("expert_routing") == c.get("expert_routing"),
                                       "same_location": e["global_max_location"] == c["global_max_location"],
                                       "packing": c["provenance"]["packing"]["method"],
-                                      **{k: comp.get(k) for k in ("unique_graphs", "graph_breaks")}})
+                                      **{k: comp.get(k) for k in ("unique_graphs", "graph_breaks", "compile_seconds",
+                                                                  "inductor_options")}})
     bad = {f"{p}:{k}": v for (p, k), v in rel.items() if v > 1e-4}
     assert not bad, (model_type, bad)
     assert e["global_max_location"] == c["global_max_location"]
@@ -144,7 +146,8 @@ def test_real_checkpoint_compiled_matches_eager_in_bf16(entry, tmp_path):
     e, c = runs["eager"], runs["compiled"]
     assert c["provenance"]["compile"]["compiled"] is True
     _report(entry["name"], {"eager": [e["global_max_activation"], e["global_max_location"]],
-                            "compiled": [c["global_max_activation"], c["global_max_location"]]})
+                            "compiled": [c["global_max_activation"], c["global_max_location"]],
+                            "inductor_options": c["provenance"]["compile"].get("inductor_options")})
     # As for the tiny models: within one bf16 step, at the same place unless the eager runner-up is within that step.
     g_e = e["global_max_activation"]
     assert abs(g_e - c["global_max_activation"]) <= bf16_step(g_e)

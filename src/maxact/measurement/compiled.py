@@ -1,6 +1,7 @@
 """Regional compilation of the measured forward (``measure.compile``).
 
-Each decoder layer's ``forward`` is compiled once with ``torch.compile(dynamic=True)``, so that a study's varying
+Each decoder layer's ``forward`` is compiled once with ``torch.compile(dynamic=True)`` (in bf16/fp16 with inductor
+rounding where eager rounds: :data:`INDUCTOR_OPTIONS`), so that a study's varying
 packed lengths reuse one graph instead of recompiling per shape; one graph serves every layer (the layers are the
 graph's inputs, not its constants). The layer's own hooks stay outside the compiled forward.
 
@@ -30,11 +31,27 @@ from maxact.models.kernels_used import TRITON_F32_ENV
 
 MODES = ("auto", "on", "off")
 
-#: inductor's options for the compiled layers. ``emulate_precision_casts``: a fused kernel rounds to bf16/fp16 where
-#: eager's ops do (each op's output), instead of keeping float32 between the fused ops. The study's reference is the
-#: eager forward: without it the real SmolLM2-135M's global max (28,928 eager, bf16) came out 3 bf16 steps lower
-#: compiled (28,544), its points up to 16 steps apart; with it the same 28,928, points within 3 steps (CPU and H100).
+#: inductor's options for compiled layers whose weights are bf16/fp16. ``emulate_precision_casts``: a fused kernel
+#: rounds to bf16/fp16 where eager's ops do (each op's output), instead of keeping float32 between the fused ops. The
+#: study's reference is the eager forward: without it the real SmolLM2-135M's bf16 global max (28,928 eager) came out
+#: 3 bf16 steps lower compiled (28,544) on an H100 and on the CPU; with it the same 28,928. On CUDA the option also
+#: turns off FMA contraction in inductor's Triton kernels (of any dtype), so a float32 run goes without it: it has
+#: no 16-bit casts to emulate.
 INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def inductor_options(dtype: torch.dtype) -> dict:
+    """The inductor options maxact compiles a model's layers with, for the model's dtype."""
+    return dict(INDUCTOR_OPTIONS) if dtype in _LOW_PRECISION else {}
+
+
+def _layers_dtype(layers) -> torch.dtype | None:
+    for layer in layers:
+        for p in layer.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
 
 
 def resolve_compile(family, mode: str, device_type: str, split_over: int = 1) -> tuple[bool, str]:
@@ -222,6 +239,7 @@ class RegionalCompile:
         self._reasons_before: dict = {}
         self._saved: list = []  # (layer, its instance forward or None, the compiled forward put there)
         self.active = False
+        self.options = inductor_options(_layers_dtype(self.layers))
 
     def __enter__(self):
         if self._saved:
@@ -240,7 +258,7 @@ class RegionalCompile:
                     target = getattr(own, "_maxact_compiled_from", own)
                     if target is None:
                         target = _own_forward(layer)
-                    fn = torch.compile(target, dynamic=True, options=INDUCTOR_OPTIONS)
+                    fn = torch.compile(target, dynamic=True, options=self.options)
                     fn._maxact_region, fn._maxact_before, fn._maxact_compiled_from = self, own, target
                     self._saved.append((layer, own, fn))
                     layer.forward = fn
@@ -255,7 +273,7 @@ class RegionalCompile:
             return {"compiled": False}
         now = _dynamo_counts()
         reasons = {k: v - self._reasons_before.get(k, 0) for k, v in _break_reasons().items()}
-        return {"compiled": True, "layers": len(self.layers), "dynamic": True, "inductor_options": dict(INDUCTOR_OPTIONS),
+        return {"compiled": True, "layers": len(self.layers), "dynamic": True, "inductor_options": dict(self.options),
                 **{k: now[k] - self._before[k] for k in now},
                 "graph_break_reasons": {k: v for k, v in reasons.items() if v > 0}}
 

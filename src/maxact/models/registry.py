@@ -84,7 +84,8 @@ _RECURRENT_PADDED = Packing(varlen=False, block_mask=False, why_not=(
 
 @dataclass(frozen=True)
 class Compile:
-    """Regional compilation (each decoder layer once, ``torch.compile(dynamic=True)``) for this family.
+    """Regional compilation (each decoder layer once, ``torch.compile(dynamic=True)``; bf16/fp16 with eager's rounding,
+    ``compiled.INDUCTOR_OPTIONS``) for this family.
 
     ``checked``: device types on which compiled and eager measurements were checked to agree within the stated
     bounds, and the compiled one faster: ``measure.compile: auto`` compiles there only. ``why_not``: what stops the
@@ -139,9 +140,10 @@ _QWEN_MOE = MoESpec(router="gate", moe_gate_transform="softmax")
 
 # measure.compile (maxact.measurement.compiled). auto compiles where compiled and eager agree within the stated bounds
 # on the GPU (tests/measurement/test_cuda_compiled.py, bf16 and float32: benchmarks/measured/h100-2026-12-06-compile,
-# h100-2026-12-07-compile, h100-2026-12-07b-equality) and the compiled measurement was measured faster than the eager
-# one by at least AUTO_MIN_GAIN in every round (benchmarks/throughput.py, families.py --compiled: h200-2026-12-06-compile-fixed,
-# h100-2026-12-07-compile). The first speed figures
+# h100-2026-12-07-compile, h100-2026-12-07b-equality, h100-2026-12-07c-equality) and the compiled measurement was
+# measured faster than the eager one by at least AUTO_MIN_GAIN in every round (benchmarks/throughput.py, families.py
+# --compiled: h200-2026-12-06-compile-fixed, h100-2026-12-07-compile; timed before bf16 layers were compiled with
+# eager's rounding, compiled.INDUCTOR_OPTIONS, and not timed since). The first speed figures
 # (h100-2026-12-06-compile) are void: the compiled bare forward ran first there and dynamo reused its hook-less graph for
 # the measurement (fixed in RegionalCompile), so they timed no statistic inside the layers. The 4-layer figures of
 # families.py (one batch of 30,378 tokens) likely understate a full model's gain: the per-batch costs outside the
@@ -169,10 +171,11 @@ def _equal_timed(rounds: tuple[float, ...], checkpoint: str, breaks: str = "", b
 
 
 _GEMMA3_COMPILE = _equal_timed((1.165, 1.153), "gemma-3-4b-it")  # Gemma 3's multimodal and text-only model types: one decoder
-_QWEN3_5_COMPILE = Compile(note="compiled and eager agree on an H100 (bf16 within 2 bf16 steps, float32 within 1.2e-5; tiny "
-                                "size, all four model types: h100-2026-12-07c-equality); fla's chunked rule runs eager "
-                                "inside the compiled layers (fla marks it torch.compiler.disable); compiling took about "
-                                "340 s a process (8 cases side by side); speed not measured")
+_QWEN3_5_COMPILE = Compile(note="compiled and eager agree on an H100 (bf16 within 2 bf16 steps, before eager's rounding was "
+                                "asked of inductor; float32 within 1.2e-5; tiny size, all four model types: "
+                                "h100-2026-12-07c-equality); fla's chunked rule runs eager inside the compiled layers (fla "
+                                "marks it torch.compiler.disable); a bf16 process compiled for 338-359 s (8 cases side by "
+                                "side); speed not measured")
 
 
 def _qwen3_5_hybrid(name: str, **kw) -> Family:

@@ -23,7 +23,7 @@ from maxact.errors import InputError
 from maxact.io import atomic_save, write_json
 from maxact.measurement import kernels as statistics_kernels
 from maxact.measurement.batching import make_batches, run_batches
-from maxact.measurement.compiled import INDUCTOR_OPTIONS, resolve_compile, use_cache_dir
+from maxact.measurement.compiled import inductor_options, resolve_compile, use_cache_dir
 from maxact.measurement.hooks import Measurement
 from maxact.measurement.packing import resolve_packing
 from maxact.measurement.resume import ResumeFile
@@ -151,7 +151,7 @@ def measure_checkpoint(
                 "full_stats": s.full_stats, "topk": s.topk, "packing": packing,
                 # compiled: how inductor rounds (a state saved by a compiled run that kept float32 between fused ops
                 # is not resumed with eager-like rounding)
-                "compiled": {"options": INDUCTOR_OPTIONS} if compiled else False,
+                "compiled": {"options": inductor_options(dtype)} if compiled else False,
                 # the token ids themselves (a tokenization setting changes them, and with them every statistic)
                 "tokens_sha256": _tokens_digest(sample_ids, samples), "max_seq_len": token_meta.get("max_seq_len"),
                 "add_special_tokens": token_meta.get("add_special_tokens"),
