@@ -183,7 +183,7 @@ def test_real_checkpoint_compiled_rounds_like_eager_in_bf16_on_cpu(name, tmp_pat
     78,848 (4 steps higher), failing this test; with it both came out equal to eager's. The runs behind these figures,
     with every point's differences: benchmarks/measured/cpu-2026-12-07-rounding."""
     import torch._dynamo  # noqa: F811 (the submodule)
-    from test_cuda_packing import bf16_step
+    from test_cuda_packing import bf16_step, peak_agreement
     from test_packing import real_runs
 
     from real_checkpoints import GEMMA, SMOL
@@ -195,10 +195,8 @@ def test_real_checkpoint_compiled_rounds_like_eager_in_bf16_on_cpu(name, tmp_pat
     assert c["provenance"]["compile"]["inductor_options"] == {"emulate_precision_casts": True}
     g_e = e["global_max_activation"]
     assert abs(c["global_max_activation"] - g_e) <= bf16_step(g_e)
-    tops = e["top_activations"][e["peak"]["component"]]
-    if not (len(tops) > 1 and abs(abs(tops[0]["value"]) - abs(tops[1]["value"])) <= bf16_step(g_e)):
-        where = ("component", "sample_id", "position", "channel")
-        assert {k: e["peak"][k] for k in where} == {k: c["peak"][k] for k in where}
+    tied, same_place = peak_agreement(e, c)
+    assert tied or same_place, (e["peak"], c["peak"])
 
 
 def test_inductor_options_round_like_eager_only_in_16_bit():

@@ -48,6 +48,18 @@ def bf16_step(v: float) -> float:
     return 2.0 ** (math.floor(math.log2(v)) - 7) if v > 0 else 2.0 ** -133
 
 
+PEAK_PLACE = ("component", "sample_id", "position", "channel")
+
+
+def peak_agreement(ref: dict, other: dict) -> tuple[bool, bool]:
+    """(tied, same place) of two results' global max: whether ``ref``'s runner-up in its peak's component lies
+    within one bf16 step of its top value (then either may be the peak), and whether both peaks sit at the same
+    component, sample, position and channel."""
+    tops = ref["top_activations"][ref["peak"]["component"]]
+    tied = len(tops) > 1 and abs(abs(tops[0]["value"]) - abs(tops[1]["value"])) <= bf16_step(ref["global_max_activation"])
+    return tied, {k: ref["peak"][k] for k in PEAK_PLACE} == {k: other["peak"][k] for k in PEAK_PLACE}
+
+
 def _run(folder, texts, out, packing, dtype="bfloat16"):
     return main(["measure", "--model", str(folder), "--texts", str(texts), "--out", str(out), "--device", "cuda",
                  "--dtype", dtype, "--batch-size", "3", "--max-batch-tokens", "120", "--max-seq-len", "90",
@@ -106,11 +118,8 @@ def test_varlen_packed_matches_padded_in_bf16(tmp_path, model_type):
     _REPORT[model_type] = {"worst_point_steps": worst, "global_max_steps": gsteps, "global_max": g_pad,
                            "location_padded": pad["global_max_location"], "location_packed": pk["global_max_location"]}
     assert gsteps <= 1, (model_type, g_pad, g_pk)
-    tops = pad["top_activations"][pad["peak"]["component"]]
-    tied = len(tops) > 1 and abs(abs(tops[0]["value"]) - abs(tops[1]["value"])) <= bf16_step(g_pad)
-    where = ("component", "sample_id", "position", "channel")
-    if not tied:
-        assert {k: pad["peak"][k] for k in where} == {k: pk["peak"][k] for k in where}, model_type
+    tied, same_place = peak_agreement(pad, pk)
+    assert tied or same_place, model_type
 
 
 def test_gemma2_packs_through_flex_attention_on_cuda(tmp_path):
